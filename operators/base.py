@@ -96,10 +96,13 @@ class Operator:
             cfg = dict(list(bound.arguments.items())[1:])
         except TypeError:  # let __init__ raise its own, clearer error
             cfg = {}
-        for key, val in list(cfg.items()):  # flatten **kwargs
-            if inspect.signature(cls.__init__).parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+        params = inspect.signature(cls.__init__).parameters
+        for key, val in list(cfg.items()):  # flatten **kwargs, drop an empty *args
+            if params[key].kind is inspect.Parameter.VAR_KEYWORD:
                 cfg.pop(key)
                 cfg.update(val)
+            elif params[key].kind is inspect.Parameter.VAR_POSITIONAL and not val:
+                cfg.pop(key)
         cfg.pop("llm", None)  # the client is bound at run time; its model identity is in the cache key
         obj._config = cfg
         obj.last_report = None
@@ -203,7 +206,7 @@ class Refiner(Operator):
         new = self.refine(pl.col(col), cols).alias(col)
         out = frame.with_columns(new)
         if frame.height:
-            changed = (frame.get_column(col) != out.get_column(col)).fill_null(True)
+            changed = frame.get_column(col).ne_missing(out.get_column(col))
             self.last_report.modified = int(changed.sum())
         else:
             self.last_report.modified = 0

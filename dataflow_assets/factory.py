@@ -1,0 +1,337 @@
+"""`pipeline_assets()`: a traced `Pipeline` -> one Dagster asset per stage, plus its source, export and catalog.
+
+Assets (all in the group named after the pipeline, keys `<pipeline>/<name>`):
+- `source`   reads the partition's input shard, quarantines malformed rows, adds `_id`;
+- one asset per operator call in `forward()`, keyed by the operator's attribute name; it reads its
+  upstream's Parquet file, runs that one operator, writes its own file, and reports rows in/out,
+  drops by reason, LLM calls/cache hits/tokens, wall time, a preview and score summaries; its
+  quality gates run in the same step and are blocking;
+- `dataset`  the training-ready export of the partition (jsonl + parquet + manifest);
+- `catalog`  (unpartitioned, pool `duckdb_catalog`) refreshes the DuckDB views and assembles the
+  full export from every partition.
+
+LLM operators get their client by one mechanism: `pipeline.bind_llm(context.resources.llm.client())`
+when their stage executes (definitions load before any resource exists).
+"""
+
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import dagster as dg
+import polars as pl
+
+from dataflow_assets import progress
+from dataflow_assets.checks import Gate, GateInput, gates_for
+from dataflow_assets.partitions import shard_partitions
+from operators.base import ID, Pipeline, Stage, stable_hash, with_row_ids
+from operators.io import read_input
+from resources.storage import QUARANTINE, ParquetStore, ShardRegistry, home, write_parquet_atomic, write_text_atomic
+
+LLM_POOL = "llm"
+CATALOG_POOL = "duckdb_catalog"
+SOURCE = "source"
+DATASET = "dataset"
+CATALOG = "catalog"
+PREVIEW_ROWS = 5
+
+
+# --------------------------------------------------------------------------- metadata helpers
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> dg.MetadataValue:
+    """A small Dagster table of the first rows (strings truncated; nested values as JSON)."""
+    head = frame.head(rows)
+    columns = [dg.TableColumn(c, "number" if head.schema[c].is_numeric() else "string") for c in head.columns]
+    records = [
+        dg.TableRecord({c: (_cell(v) if head.schema[c].is_numeric() or v is None else str(_cell(v))) for c, v in r.items()})
+        for r in head.iter_rows(named=True)
+    ]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
+
+
+def score_summaries(frame: pl.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
+    """Quantile summary (a text histogram) of each numeric column the stage wrote."""
+    out = {}
+    for col in columns:
+        if col in frame.columns and frame.schema[col].is_numeric() and frame.height:
+            s = frame.get_column(col).drop_nulls()
+            if s.len():
+                qs = {f"p{int(q * 100)}": float(s.quantile(q)) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)}
+                out[f"scores/{col}"] = dg.MetadataValue.json({**qs, "mean": float(s.mean()), "nulls": frame.height - s.len()})
+    return out
+
+
+def stage_metadata(stage: Stage, frame_in: pl.DataFrame, out: pl.DataFrame, seconds: float) -> dict[str, Any]:
+    report = stage.operator.last_report
+    added = [c for c in out.columns if c not in frame_in.columns]
+    meta: dict[str, Any] = {
+        "operator": f"{type(stage.operator).__name__} ({stage.operator.display_name})",
+        "rows_in": frame_in.height,
+        "rows_out": out.height,
+        "rows_dropped": frame_in.height - out.height,
+        "dropped_by_reason": dg.MetadataValue.json(report.dropped if report else {}),
+        "columns_added": ", ".join(added) or "none",
+        "wall_time_s": round(seconds, 3),
+        "preview": preview(out),
+        **score_summaries(out, stage.writes),
+    }
+    if report and report.modified is not None:
+        meta["rows_modified"] = report.modified
+    if report and report.llm:
+        llm = report.llm
+        meta.update(
+            {
+                "llm_calls": llm.get("calls", 0),
+                "llm_cache_hits": llm.get("cache_hits", 0),
+                "llm_errors": dg.MetadataValue.json(llm.get("errors", {})),
+                "tokens_in": llm.get("tokens_in", 0),
+                "tokens_out": llm.get("tokens_out", 0),
+            }
+        )
+        if "cost_usd" in llm:
+            meta["est_cost_usd"] = float(llm["cost_usd"])
+    return meta
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=repr))
+
+
+# --------------------------------------------------------------------------- the factory
+
+
+def partition_of(context: dg.AssetExecutionContext) -> str | None:
+    return context.partition_key if context.has_partition_key else None
+
+
+def pipeline_assets(
+    pipeline: Pipeline,
+    *,
+    gates: Sequence[Gate] = (),
+    rename: dict[str, str] | None = None,
+    partitioned: bool = True,
+) -> list[dg.AssetsDefinition]:
+    """Turn `pipeline` into Dagster assets: source -> one asset per stage -> dataset, and the catalog.
+
+    `gates` are extra quality checks attached to named stages (on top of schema / non_empty /
+    unique_id on every stage). `rename` maps input fields to the pipeline's column names.
+    """
+    name = pipeline.pipeline_name
+    stages = pipeline.trace()
+    parts = shard_partitions(name) if partitioned else None
+    final = stages[-1].name
+    required = dict(pipeline.input_schema)
+
+    def key(stage: str) -> dg.AssetKey:
+        return dg.AssetKey([name, stage])
+
+    # -- source ---------------------------------------------------------------------------
+    @dg.asset(
+        key=key(SOURCE),
+        group_name=name,
+        partitions_def=parts,
+        code_version=stable_hash(required, rename, "source-v1"),
+        kinds={"polars", "parquet"},
+        required_resource_keys={"store"},
+        description=f"Input rows of {name} for one shard, with a stable `_id`; malformed rows go to {name}.quarantine.",
+    )
+    def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        store: ParquetStore = context.resources.store
+        partition = partition_of(context)
+        shard = ShardRegistry().get(name, partition or "all")
+        start = time.perf_counter()
+        result = read_input(shard.path, required, rename=rename, start=shard.start, stop=shard.stop)
+        frame = with_row_ids(result.frame, source=Path(shard.path).name + (f"@{shard.start}" if shard.start else ""))
+        store.write(name, SOURCE, partition, frame)
+        store.write(name, QUARANTINE, partition, result.quarantine)
+        reasons = result.quarantine.group_by("reason").len().sort("len", descending=True) if result.quarantined else None
+        if result.quarantined:
+            context.log.warning(f"{shard.path}: {result.quarantined} malformed record(s) quarantined")
+        progress.notify(pipeline=name, stage=SOURCE, rows=frame.height, quarantined=result.quarantined)
+        return dg.MaterializeResult(
+            metadata={
+                "input_file": shard.path,
+                "input_sha256": file_sha256(shard.path),
+                "records_read": result.records,
+                "rows_out": frame.height,
+                "rows_quarantined": result.quarantined,
+                "quarantine_reasons": dg.MetadataValue.json({r: n for r, n in reasons.iter_rows()} if reasons is not None else {}),
+                "wall_time_s": round(time.perf_counter() - start, 3),
+                "preview": preview(frame),
+            }
+        )
+
+    assets: list[dg.AssetsDefinition] = [source]
+    for stage in stages:
+        assets.append(_stage_asset(name, stage, parts, key, [*gates]))
+
+    # -- dataset (export of one partition) --------------------------------------------------
+    @dg.asset(
+        key=key(DATASET),
+        deps=[key(final)],
+        group_name=name,
+        partitions_def=parts,
+        code_version="dataset-v1",
+        kinds={"parquet", "json"},
+        required_resource_keys={"store"},
+        description=f"Training-ready export of {name} for one shard (jsonl + parquet + manifest).",
+    )
+    def dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        store: ParquetStore = context.resources.store
+        partition = partition_of(context)
+        frame = store.read(name, final, partition)
+        shard = ShardRegistry().get(name, partition or "all")
+        folder = home() / "exports" / name / "partitions"
+        stem = partition or "all"
+        write_parquet_atomic(frame, folder / f"{stem}.parquet")
+        write_text_atomic(_to_jsonl(frame), folder / f"{stem}.jsonl")
+        manifest = build_manifest(pipeline, stages, store, partition, frame, shard.path, (shard.start, shard.stop))
+        write_text_atomic(json.dumps(manifest, indent=2), folder / f"{stem}.manifest.json")
+        store.write(name, DATASET, partition, frame)
+        progress.notify(pipeline=name, stage=DATASET, rows=frame.height)
+        return dg.MaterializeResult(
+            metadata={"rows": frame.height, "path": str(folder / f"{stem}.parquet"), "manifest": dg.MetadataValue.json(manifest["rows"])}
+        )
+
+    # -- catalog + assembled export ------------------------------------------------------
+    @dg.asset(
+        key=key(CATALOG),
+        deps=[key(SOURCE), *[key(s.name) for s in stages], key(DATASET)],
+        group_name=name,
+        pool=CATALOG_POOL,
+        code_version="catalog-v1",
+        kinds={"duckdb"},
+        required_resource_keys={"store"},
+        description=f"DuckDB views {name}.<stage> over every partition, and the assembled export of {name}.",
+    )
+    def catalog(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        store: ParquetStore = context.resources.store
+        views = store.refresh_catalog(name, [SOURCE, QUARANTINE, *[s.name for s in stages], DATASET])
+        out = assemble_export(name)
+        return dg.MaterializeResult(
+            metadata={"views": ", ".join(views), "catalog": str(store.catalog_path), **out}
+        )
+
+    return [*assets, dataset, catalog]
+
+
+def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -> dg.AssetsDefinition:
+    op = stage.operator
+    upstream = stage.upstream or SOURCE
+    gates = gates_for(stage.name, extra_gates)
+    doc = (type(op).__doc__ or "").strip().split("\n")[0]
+
+    @dg.asset(
+        key=key(stage.name),
+        deps=[key(upstream)],
+        group_name=name,
+        partitions_def=parts,
+        code_version=stage.code_version(),
+        pool=LLM_POOL if op.needs_llm else None,
+        kinds={"polars", "parquet"},
+        check_specs=[g.spec(key(stage.name)) for g in gates],
+        required_resource_keys={"store", "llm"} if op.needs_llm else {"store"},
+        description=f"{type(op).__name__}: {doc}",
+        metadata={"operator": repr(op), "kind": op.kind, "reads": ", ".join(stage.reads), "writes": ", ".join(stage.writes)},
+    )
+    def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        store: ParquetStore = context.resources.store
+        partition = partition_of(context)
+        frame = store.read(name, upstream, partition)
+        if op.needs_llm:
+            op.llm = context.resources.llm.client()  # the one binding mechanism, as Pipeline.bind_llm
+        start = time.perf_counter()
+        out = stage.run(frame)
+        seconds = time.perf_counter() - start
+        store.write(name, stage.name, partition, out)
+        report = op.last_report
+        if report is not None and report.dropped_ids is not None:
+            store.write(name, f"{stage.name}/_dropped", partition, report.dropped_ids.with_columns(pl.lit(stage.name).alias("stage")))
+        source_rows = store.row_count(name, SOURCE, partition) or 0
+        data = GateInput(out, source_rows, stage.writes)
+        results = [g.evaluate(key(stage.name), data) for g in gates]
+        for r in results:
+            if not r.passed:
+                context.log.error(f"{name}/{stage.name}: quality gate {r.check_name!r} failed ({dict(r.metadata)})")
+        progress.notify(pipeline=name, stage=stage.name, rows=out.height, rows_in=frame.height)
+        return dg.MaterializeResult(metadata=stage_metadata(stage, frame, out, seconds), check_results=results)
+
+    return _asset
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _to_jsonl(frame: pl.DataFrame) -> str:
+    return frame.write_ndjson() if frame.height else ""
+
+
+def build_manifest(pipeline: Pipeline, stages: list[Stage], store: ParquetStore, partition, frame, input_path, row_slice) -> dict:
+    """Everything needed to reproduce and audit a dataset: configuration, code versions, input hash,
+    rows per stage, models and prompt versions used."""
+    name = pipeline.pipeline_name
+    models, prompts = set(), set()
+    for col, dtype in frame.schema.items():
+        if col.endswith("_meta") and isinstance(dtype, pl.Struct):
+            fields = {f.name for f in dtype.fields}
+            if "model" in fields:
+                models.update(m for m in frame.get_column(col).struct.field("model").unique().to_list() if m)
+            if "template" in fields:
+                prompts.update(t for t in frame.get_column(col).struct.field("template").unique().to_list() if t)
+    return {
+        "pipeline": name,
+        "class": f"{type(pipeline).__module__}.{type(pipeline).__qualname__}",
+        "partition": partition,
+        "input": {"file": input_path, "sha256": file_sha256(input_path), "slice": list(row_slice)},
+        "stages": [
+            {
+                "name": s.name,
+                "operator": f"{type(s.operator).__module__}.{type(s.operator).__qualname__}",
+                "config": _jsonable(s.operator.config()),
+                "columns": s.columns,
+                "code_version": s.code_version(),
+            }
+            for s in stages
+        ],
+        "rows": {
+            SOURCE: store.row_count(name, SOURCE, partition),
+            QUARANTINE: store.row_count(name, QUARANTINE, partition),
+            **{s.name: store.row_count(name, s.name, partition) for s in stages},
+        },
+        "models": sorted(models),
+        "prompt_versions": sorted(prompts),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def assemble_export(name: str) -> dict[str, Any]:
+    """Concatenate every partition's export into `exports/<name>/dataset.{parquet,jsonl}` + manifest.json."""
+    folder = home() / "exports" / name
+    files = sorted((folder / "partitions").glob("*.parquet"))
+    if not files:
+        return {"export_rows": 0}
+    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    write_parquet_atomic(frame, folder / "dataset.parquet")
+    write_text_atomic(_to_jsonl(frame), folder / "dataset.jsonl")
+    manifests = [json.loads(f.with_suffix(".manifest.json").read_text()) for f in files if f.with_suffix(".manifest.json").exists()]
+    write_text_atomic(json.dumps({"pipeline": name, "rows": frame.height, "partitions": manifests}, indent=2), folder / "manifest.json")
+    return {"export_rows": frame.height, "export_path": str(folder / "dataset.parquet")}
