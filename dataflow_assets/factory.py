@@ -138,7 +138,7 @@ def pipeline_assets(
     name = pipeline.pipeline_name
     stages = pipeline.trace()
     parts = shard_partitions(name) if partitioned else None
-    final = stages[-1].name
+    final = pipeline.output_stage()
     required = dict(pipeline.input_schema)
 
     def key(stage: str) -> dg.AssetKey:

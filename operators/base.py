@@ -454,6 +454,20 @@ class Pipeline:
             raise PipelineCheckError(f"{type(self).__name__}.forward() called no operator")
         return list(stages.values())
 
+    def output_stage(self, schema: Mapping[str, pl.DataType] | None = None) -> str:
+        """The stage whose output `forward()` returns (the pipeline's final dataset)."""
+        frame = self.empty_frame(schema)
+        rec = _Recorder(self, frame, strict=True)
+        token = _RECORDER.set(rec)
+        try:
+            out = self.forward(frame)
+        finally:
+            _RECORDER.reset(token)
+        produced = rec.produced.get(id(out))
+        if produced is None or produced[0] is None:
+            raise PipelineCheckError(f"{type(self).__name__}.forward() must return the output of an operator call")
+        return produced[0]
+
     def check(self, schema: Mapping[str, pl.DataType] | None = None) -> list[Stage]:
         """Validate the pipeline against an input schema before any real run; returns the stages."""
         return self.trace(schema)

@@ -130,6 +130,25 @@ def summarize(results: Sequence[LLMResult]) -> dict[str, Any]:
     }
 
 
+def _one_result_per_request(requests: Sequence[LLMRequest], results: Sequence[LLMResult], model: str) -> list[LLMResult]:
+    """Exactly one result per (id, sample) requested, whatever the client returned: duplicates
+    (first kept) and results for ids never asked are dropped, so joins on `_id` cannot multiply
+    rows; a request left unanswered gets a `bad_response` error result, so it is reported and
+    handled like any other failure instead of surfacing as a row with a null meta."""
+    wanted = {(q.id, q.sample) for q in requests}
+    out: dict[tuple[str, int], LLMResult] = {}
+    for r in results:
+        key = (r.id, r.sample)
+        if key in wanted and key not in out:
+            out[key] = r
+    for q in requests:
+        if (q.id, q.sample) not in out:
+            out[(q.id, q.sample)] = LLMResult(
+                id=q.id, sample=q.sample, model=model, error="bad_response", error_detail="the client returned no result for this request"
+            )
+    return list(out.values())
+
+
 META_DTYPE = pl.Struct(
     {
         "model": pl.String,
@@ -190,7 +209,8 @@ class LLMOperator(Operator):
             for row in frame.iter_rows(named=True)
             for k in range(n)
         ]
-        results = self._client().generate(requests)
+        client = self._client()
+        results = _one_result_per_request(requests, client.generate(requests), getattr(client, "model", ""))
         self.last_report.llm = summarize(results)
         template = self.template.version if self.template else None
         return pl.DataFrame(

@@ -9,7 +9,8 @@ Faults on demand, per prompt, with a marker in the (first) user message:
     "... #fault=429,500 ..."  attempt 1 -> 429, attempt 2 -> 500, then normal replies
     "... #fault=503* ..."     `*`: that fault forever
 
-Fault names: 429 (with Retry-After, `retry_after` seconds), 500, 503, 400, slow (sleeps
+Fault names: 429 (with Retry-After, `retry_after` seconds), 500, 503, 400, 401 (quotes the
+bearer key in its message, as OpenAI does), slow (sleeps
 `slow_s` before answering, past the client's timeout), reset (drops the connection),
 truncated (a body cut short of its Content-Length), malformed (200 with a non-JSON body),
 badschema (valid reply whose content violates the schema), empty (no choices).
@@ -225,6 +226,9 @@ class LoopbackLLMServer:
                 status=429,
                 headers={"Retry-After": f"{self.retry_after:g}"},
             )
+        if fault == "401":  # like OpenAI: the error message quotes the key it was given
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return web.json_response({"error": {"message": f"Incorrect API key provided: {key}"}}, status=401)
         if fault in ("500", "503", "400"):
             return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault))
         if fault == "slow":
@@ -232,7 +236,7 @@ class LoopbackLLMServer:
         if fault == "reset":
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError("injected reset")
+            return web.Response(status=200, text="")
         if fault == "truncated":
             resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Content-Length": "500"})
             await resp.prepare(request)

@@ -128,8 +128,9 @@ class LabelClassifier(CoreLLMOperator, Evaluator):
     """Classifies a text column into exactly one of the given `labels` (a JSON-schema enum).
 
     Reads: `text` (default `text`). Writes: `label` (String, one of `labels`) and `label_meta`.
-    Default labels are sentiment (positive / neutral / negative); pass your own, e.g. topics,
-    languages, task types or safety categories, and an optional `description` of the task.
+    Use it to tag rows by topic, task type, language or safety category (then route or filter on
+    the label). Default labels are sentiment (positive / neutral / negative); pass your own and an
+    optional `description` of the task.
     Failed or off-label answers leave a null label with the error in `label_meta`.
     """
 

@@ -64,7 +64,16 @@ def nonempty_line_count(text: pl.Expr) -> pl.Expr:
 
 
 def safe_div(num: pl.Expr, den: pl.Expr, empty: float = 0.0) -> pl.Expr:
-    return pl.when(den > 0).then(num.cast(pl.Float64) / den).otherwise(pl.lit(empty, dtype=pl.Float64))
+    """num / den with 0 / 0 -> `empty` (no when/then: that would evaluate `den` twice)."""
+    return (num.cast(pl.Float64) / den.cast(pl.Float64)).fill_nan(empty)
+
+
+def compute(frame: pl.DataFrame, exprs: Mapping[str, pl.Expr]) -> pl.DataFrame:
+    """Evaluate named expressions once each, in parallel (Polars' streaming engine splits the rows
+    into morsels across threads; row order is kept)."""
+    if frame.height == 0:
+        return frame.lazy().select(**exprs).collect()
+    return frame.lazy().select(**exprs).collect(engine="streaming")
 
 
 def lines_list(text: pl.Expr, nonempty: bool = False) -> pl.Expr:
@@ -123,11 +132,42 @@ class ThresholdFilter(Filter):
             return [self.value(cols).alias(cols["score"])]
         return []
 
-    def keep(self, cols):
-        val = pl.col(cols["score"]) if cols.get("score") else self.value(cols)
-        cond = pl.lit(True)
+    def run(self, frame, cols):
+        val = compute(frame, {"v": self.value(cols)}).get_column("v")
+        if cols.get("score"):
+            frame = frame.with_columns(val.alias(cols["score"]))
+        return self.apply_keep(frame, {self.display_name: self.bounds(val)})
+
+    def bounds(self, val):
+        cond = pl.lit(True) if isinstance(val, pl.Expr) else pl.Series([True] * len(val))
         if self.min_value is not None:
             cond = cond & (val >= self.min_value)
         if self.max_value is not None:
             cond = cond & (val <= self.max_value)
         return cond
+
+    def keep(self, cols):
+        return self.bounds(pl.col(cols["score"]) if cols.get("score") else self.value(cols))
+
+
+class StatsFilter(Filter):
+    """Base (not registered) of the rule-set filters: `stats(text)` names the (expensive) per-row
+    statistics, each computed once and in parallel; `decide(stats)` turns them into reason ->
+    keep conditions (cheap arithmetic on the statistics)."""
+
+    reads = {"text": "text"}
+    writes = {}
+
+    def stats(self, text: pl.Expr) -> dict[str, pl.Expr]:
+        raise NotImplementedError
+
+    def decide(self, s: Mapping[str, pl.Expr]) -> dict[str, pl.Expr]:
+        raise NotImplementedError
+
+    def keep(self, cols):
+        return self.decide(self.stats(pl.col(cols["text"])))
+
+    def run(self, frame, cols):
+        st = compute(frame, self.stats(pl.col(cols["text"])))
+        dec = st.select(**self.decide({k: pl.col(k) for k in st.columns}))
+        return self.apply_keep(frame, {k: dec.get_column(k) for k in dec.columns})

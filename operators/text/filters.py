@@ -15,7 +15,9 @@ from operators.text._common import (
     GOPHER_STOP_WORDS,
     C4_POLICY_SUBSTRINGS,
     TERMINAL_PUNCTUATION,
+    StatsFilter,
     ThresholdFilter,
+    compute,
     alternation,
     duplicate_stats,
     line_count,
@@ -253,12 +255,9 @@ class LinePunctuationRatioFilter(ThresholdFilter):
         ending = text.str.count_matches(r"(?m)[" + re_escape_class(self.stop_chars) + r"]$")
         return safe_div(ending, nonempty_line_count(text))
 
-    def keep(self, cols):
-        cond = super().keep(cols)
-        if self.exclude_zero:
-            val = pl.col(cols["score"]) if cols.get("score") else self.value(cols)
-            cond = cond | (val == 0)
-        return cond
+    def bounds(self, val):
+        cond = super().bounds(val)
+        return (cond | (val == 0)) if self.exclude_zero else cond
 
 
 @register
@@ -594,7 +593,7 @@ class KeywordFilter(Filter):
 
 
 @register
-class GopherQualityFilter(Filter):
+class GopherQualityFilter(StatsFilter):
     """Gopher's quality rules (Rae et al. 2021, as in datatrove's GopherQualityFilter), one pass:
     word count in [min_doc_words, max_doc_words] (50 .. 100,000, punctuation-only words not
     counted), mean word length in [3, 10], "#" and ellipsis to word ratios <= 0.1, lines starting
@@ -634,46 +633,52 @@ class GopherQualityFilter(Filter):
         )
         self.stop_words = tuple(stop_words)
 
-    def keep(self, cols):
-        t, c = pl.col(cols["text"]), self.c
-        words = word_count(t)
+    def stats(self, t):
         stripped = _strip_symbol_words(t)
-        real_words = word_count(stripped)
-        real_chars = non_space_chars(stripped)
-        avg = safe_div(real_chars, real_words)
+        bullets = r"(?m)^[^\S\n]*(?:•|-)"
+        return {
+            "words": word_count(t),
+            "real_words": word_count(stripped),
+            "real_chars": non_space_chars(stripped),
+            "hashes": t.str.count_matches("#", literal=True),
+            "ellipses": t.str.count_matches(r"\.\.\.|…"),
+            "lines": line_count(t),
+            "bullet_lines": t.str.count_matches(bullets),
+            "ellipsis_lines": t.str.count_matches(r"(?m)(?:\.\.\.|…)[^\S\n]*$"),
+            "alpha_words": t.str.count_matches(r"\S*\p{L}\S*"),
+            "stop_words": _stop_word_count(t, self.stop_words, False),
+        }
+
+    def decide(self, s):
+        c = self.c
         out: dict[str, pl.Expr] = {}
+        avg = safe_div(s["real_chars"], s["real_words"])
         if c["min_doc_words"]:
-            out["gopher_short_doc"] = real_words >= c["min_doc_words"]
+            out["gopher_short_doc"] = s["real_words"] >= c["min_doc_words"]
         if c["max_doc_words"]:
-            out["gopher_long_doc"] = real_words <= c["max_doc_words"]
+            out["gopher_long_doc"] = s["real_words"] <= c["max_doc_words"]
         if c["min_avg_word_length"]:
             out["gopher_below_avg_threshold"] = avg >= c["min_avg_word_length"]
         if c["max_avg_word_length"]:
             out["gopher_above_avg_threshold"] = avg <= c["max_avg_word_length"]
         if c["max_symbol_word_ratio"]:
-            out["gopher_too_many_hashes"] = safe_div(t.str.count_matches("#", literal=True), words) <= c[
-                "max_symbol_word_ratio"
-            ]
-            out["gopher_too_many_ellipsis"] = safe_div(t.str.count_matches(r"\.\.\.|…"), words) <= c[
-                "max_symbol_word_ratio"
-            ]
+            out["gopher_too_many_hashes"] = safe_div(s["hashes"], s["words"]) <= c["max_symbol_word_ratio"]
+            out["gopher_too_many_ellipsis"] = safe_div(s["ellipses"], s["words"]) <= c["max_symbol_word_ratio"]
         if c["max_bullet_lines_ratio"]:
-            out["gopher_too_many_bullets"] = _bullet_line_ratio(t, ("•", "-"), True) <= c["max_bullet_lines_ratio"]
+            out["gopher_too_many_bullets"] = safe_div(s["bullet_lines"], s["lines"]) <= c["max_bullet_lines_ratio"]
         if c["max_ellipsis_lines_ratio"]:
             out["gopher_too_many_end_ellipsis"] = (
-                _ellipsis_line_ratio(t, ("...", "…"), True) <= c["max_ellipsis_lines_ratio"]
+                safe_div(s["ellipsis_lines"], s["lines"]) <= c["max_ellipsis_lines_ratio"]
             )
         if c["min_alpha_words_ratio"]:
-            out["gopher_below_alpha_threshold"] = (
-                safe_div(t.str.count_matches(r"\S*\p{L}\S*"), words) >= c["min_alpha_words_ratio"]
-            )
+            out["gopher_below_alpha_threshold"] = safe_div(s["alpha_words"], s["words"]) >= c["min_alpha_words_ratio"]
         if c["min_stop_words"]:
-            out["gopher_enough_stop_words"] = _stop_word_count(t, self.stop_words, False) >= c["min_stop_words"]
+            out["gopher_enough_stop_words"] = s["stop_words"] >= c["min_stop_words"]
         return out
 
 
 @register
-class C4QualityFilter(Filter):
+class C4QualityFilter(StatsFilter):
     """C4's document rules (Raffel et al. 2020; datatrove C4QualityFilter): drop pages containing
     "lorem ipsum" (reason lorem_ipsum) or a curly bracket "{" (curly_bracket) in a line that
     survives C4 line cleaning, and pages with fewer than `min_num_sentences` (5) sentences after
@@ -708,19 +713,18 @@ class C4QualityFilter(Filter):
         )
         self.filter_javascript, self.filter_policy = filter_javascript, filter_policy
 
-    def keep(self, cols):
-        t = pl.col(cols["text"])
+    def stats(self, t):
         lines = c4_clean_lines(t, **self.line_kw)
         el = pl.element()
         low = el.str.to_lowercase()
         out: dict[str, pl.Expr] = {}
         if self.filter_lorem_ipsum:
-            out["lorem_ipsum"] = ~lines.list.eval(low.str.contains("lorem ipsum", literal=True)).list.any()
+            out["lorem_ipsum"] = lines.list.eval(low.str.contains("lorem ipsum", literal=True)).list.any()
         if self.filter_curly_bracket:
             curly = el.str.contains("{", literal=True)
             if self.filter_javascript:  # C4 skips javascript lines before looking for brackets
                 curly = curly & ~low.str.contains("javascript", literal=True)
-            out["curly_bracket"] = ~lines.list.eval(curly).list.any()
+            out["curly_bracket"] = lines.list.eval(curly).list.any()
         if self.min_num_sentences and self.min_num_sentences > 0:
             drop = []
             if self.filter_javascript:
@@ -732,12 +736,23 @@ class C4QualityFilter(Filter):
             if drop:
                 n = pl.when(low.str.contains(alternation(drop))).then(pl.lit(0, dtype=pl.UInt32)).otherwise(n)
             n_sent = lines.list.eval(n).list.sum()
-            out["too_few_sentences"] = n_sent.fill_null(0) >= self.min_num_sentences
+            out["sentences"] = n_sent.fill_null(0)
+        return out
+
+
+    def decide(self, s):
+        out = {}
+        if "lorem_ipsum" in s:
+            out["lorem_ipsum"] = ~s["lorem_ipsum"].fill_null(False)
+        if "curly_bracket" in s:
+            out["curly_bracket"] = ~s["curly_bracket"].fill_null(False)
+        if "sentences" in s:
+            out["too_few_sentences"] = s["sentences"] >= self.min_num_sentences
         return out
 
 
 @register
-class FineWebQualityFilter(Filter):
+class FinewebQualityFilter(StatsFilter):
     """FineWeb's quality rules (Penedo et al. 2024, datatrove FineWebQualityFilter), one pass:
     non-empty lines ending in terminal punctuation >= 0.12 (line_punct_ratio), lines of <= 30
     characters <= 0.67 (short_line_ratio), characters in duplicated lines / characters without
@@ -761,13 +776,20 @@ class FineWebQualityFilter(Filter):
         self.dup = DuplicateLineCharFractionFilter(char_duplicates_ratio, fineweb=True)
         self.lst = ListRatioFilter(new_line_ratio)
 
-    def keep(self, cols):
-        t = pl.col(cols["text"])
-        sub = {"text": cols["text"]}
+    def stats(self, t):
         return {
-            "empty": nonempty_line_count(t) > 0,
-            "line_punct_ratio": self.punct.keep(sub),
-            "short_line_ratio": self.short.keep(sub),
-            "char_dup_ratio": self.dup.keep(sub),
-            "list_ratio": self.lst.keep(sub),
+            "nonempty": nonempty_line_count(t),
+            "punct": self.punct.measure(t),
+            "short": self.short.measure(t),
+            "dup": self.dup.measure(t),
+            "list": self.lst.measure(t),
+        }
+
+    def decide(self, s):
+        return {
+            "empty": s["nonempty"] > 0,
+            "line_punct_ratio": self.punct.bounds(s["punct"]),
+            "short_line_ratio": self.short.bounds(s["short"]),
+            "char_dup_ratio": self.dup.bounds(s["dup"]),
+            "list_ratio": self.lst.bounds(s["list"]),
         }

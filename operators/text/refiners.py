@@ -16,7 +16,7 @@ from operators.text._common import (
 URL_PATTERN = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"']+"
 EMAIL_PATTERN = r"(?i)\b[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}\b"
 # International or North-American style numbers with at least 7 digits, separators allowed.
-PHONE_PATTERN = r"(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)[\s.\-]?)?\d{3,4}[\s.\-]\d{3,4}(?:[\s.\-]\d{2,4})?\b"
+PHONE_PATTERN = r"(?:\+\d{1,3}[\s\-]?)?(?:\(\d{2,4}\)[\s\-]?|\b\d{2,4}[\s\-])\d{3,4}[\s\-]\d{3,4}\b"
 IPV4_PATTERN = r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"
 # Emoji and pictographs: the Unicode Extended_Pictographic property, plus the joiners, variation
 # selectors, skin-tone modifiers and regional indicators that compose emoji sequences.
@@ -148,15 +148,15 @@ class ExtraSpacesRemover(Refiner):
 
 @register
 class NonPrintableRemover(Refiner):
-    """Remove control and other non-printable characters (Unicode categories Cc, Cf, Co, Cs,
-    except newline and tab, and the zero-width joiner inside emoji is kept only if `keep_zwj`)
+    """Remove control and other non-printable characters (Unicode categories Cc, Cf and Co,
+    except newline and tab; the zero-width joiner used inside emoji is kept when `keep_zwj`)
     from `text`. Reads and rewrites `text`. Use on scraped text with stray control bytes."""
 
     def __init__(self, keep_zwj: bool = False):
         self.keep_zwj = keep_zwj
 
     def refine(self, text, cols):
-        pattern = r"[\p{Cc}\p{Cf}\p{Co}\p{Cs}--[\n\t" + (r"\x{200D}" if self.keep_zwj else "") + "]]"
+        pattern = r"[\p{Cc}\p{Cf}\p{Co}--[\n\t" + (r"\x{200D}" if self.keep_zwj else "") + "]]"
         return text.str.replace_all(pattern, "")
 
 
@@ -219,9 +219,10 @@ class EmailMasker(Refiner):
 
 @register
 class PhoneMasker(Refiner):
-    """Mask phone numbers (7+ digits in groups, optional +country code and (area) code) in
-    `text` with `mask` (PII removal). Reads and rewrites `text`. Heuristic: numbers written as
-    one unbroken digit run are left alone, so plain integers and years are not touched."""
+    """Mask phone numbers in `text` with `mask` (PII removal): three or more digit groups
+    separated by spaces or dashes ("555-123-4567", "(555) 123-4567", "+44 20 7946 0958").
+    Reads and rewrites `text`. Heuristic: unbroken digit runs, dotted numbers (IPs, versions)
+    and two-group ranges ("1990-2000") are left alone."""
 
     def __init__(self, mask: str = "<PHONE>"):
         self.mask = mask

@@ -225,5 +225,3 @@ def open_cache(cache: "GenerationCache | str | os.PathLike | None | bool" = None
     return GenerationCache(default_cache_path(home))
 
 
-def as_mapping(x: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return dict(x) if x is not None else None

@@ -1,0 +1,143 @@
+"""The pipeline-to-assets factory through real Dagster runs: metadata, blocking gates, DuckDB catalog,
+export manifest, staleness by code_version, and parallel processes without DuckDB lock errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from dataflow_assets.runner import QUIET
+from resources.storage import ParquetStore, ShardRegistry
+from tests.dagster.toy_defs import ASSETS, toy_assets
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _shard(tmp_path: Path, name: str, texts: list) -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps({"text": t}) if not isinstance(t, bytes) else t.decode() for t in texts) + "\n")
+    shard = ShardRegistry().add("toy", path)
+    dg.DagsterInstance.get().add_dynamic_partitions("toy_shards", [shard.key])
+    return shard.key
+
+
+def _materialize(assets, key):
+    return dg.materialize(
+        [a for a in assets if a.key.path[-1] != "catalog"],
+        partition_key=key,
+        instance=dg.DagsterInstance.get(),
+        resources={"store": ParquetStore()},
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+
+
+def test_stage_metadata_checks_catalog_and_manifest(dataflow_home, tmp_path):
+    key = _shard(tmp_path, "a.jsonl", ["One Two Three", "one", "Four five six seven", 5])
+    res = _materialize(ASSETS, key)
+    assert res.success
+    mats = {e.materialization.asset_key.path[-1]: {k: v.value for k, v in e.materialization.metadata.items()} for e in res.get_asset_materialization_events()}
+    assert set(mats) == {"source", "lower", "chars", "min_words", "dataset"}
+    assert mats["source"]["records_read"] == 4 and mats["source"]["rows_quarantined"] == 1
+    assert mats["min_words"]["rows_in"] == 3 and mats["min_words"]["rows_out"] == 2
+    assert mats["min_words"]["dropped_by_reason"] == {"min_words": 1}
+    assert mats["lower"]["rows_modified"] == 2
+    assert mats["chars"]["columns_added"] == "chars"
+    assert mats["chars"]["scores/chars"]["p100"] == 19.0
+    checks = {(e.asset_key.path[-1], e.check_name): e.passed for e in res.get_asset_check_evaluations()}
+    assert checks[("min_words", "kept_share_in_band")] and checks[("chars", "unique_id")]
+    assert len(checks) == 3 * 3 + 1
+
+    cat = dg.materialize([ASSETS[-1]], instance=dg.DagsterInstance.get(), resources={"store": ParquetStore()}, run_config=QUIET)
+    assert cat.success
+    con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
+    assert con.sql("select text from toy.min_words order by text").fetchall() == [("four five six seven",), ("one two three",)]
+    assert con.sql("select reason from toy.min_words_dropped").fetchall() == [("min_words",)]
+    assert con.sql("select field, row from toy.quarantine").fetchall() == [("text", 4)]
+    con.close()
+
+    manifest = json.loads((dataflow_home / "exports" / "toy" / "manifest.json").read_text())
+    part = manifest["partitions"][0]
+    assert part["rows"] == {"source": 3, "_quarantine": 1, "lower": 3, "min_words": 2, "chars": 3}
+    assert [s["name"] for s in part["stages"]] == ["lower", "chars", "min_words"]
+    assert part["stages"][2]["config"] == {"n": 3}
+    assert len(part["input"]["sha256"]) == 64
+    exported = [json.loads(line) for line in (dataflow_home / "exports" / "toy" / "dataset.jsonl").read_text().splitlines()]
+    assert sorted(r["text"] for r in exported) == ["four five six seven", "one two three"]
+
+
+def test_failed_blocking_gate_stops_downstream_of_that_partition_only(dataflow_home, tmp_path):
+    good = _shard(tmp_path, "good.jsonl", ["a b c", "d e f g"])
+    bad = _shard(tmp_path, "bad.jsonl", ["a", "b", "c d e"])  # keeps 1/3 < 0.5
+    assets = toy_assets(band=(0.5, 1.0))
+    ok = _materialize(assets, good)
+    failed = _materialize(assets, bad)
+    assert ok.success
+    done = {e.materialization.asset_key.path[-1] for e in failed.get_asset_materialization_events()}
+    assert "min_words" in done and "dataset" not in done  # the gate blocked the export
+    gate = [e for e in failed.get_asset_check_evaluations() if e.check_name == "kept_share_in_band"][0]
+    assert not gate.passed and abs(gate.metadata["kept_share"].value - 1 / 3) < 1e-9
+    store = ParquetStore()
+    assert store.path("toy", "dataset", good).exists() and not store.path("toy", "dataset", bad).exists()
+    assert store.path("toy", "min_words", bad).exists()  # the failed stage's file is still on disk
+
+
+def test_code_version_marks_exactly_the_changed_stage_stale(dataflow_home, tmp_path):
+    key = _shard(tmp_path, "a.jsonl", ["One Two Three", "four five six seven"])
+    assert _materialize(ASSETS, key).success
+    changed = toy_assets(n=4)
+    versions_old = {a.key.path[-1]: a.code_versions_by_key[a.key] for a in ASSETS}
+    versions_new = {a.key.path[-1]: a.code_versions_by_key[a.key] for a in changed}
+    assert [k for k in versions_old if versions_old[k] != versions_new[k]] == ["min_words"]
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    resolver = get_stale_status_resolver(dg.DagsterInstance.get(), changed)
+    status = {a.key.path[-1]: resolver.get_status(a.key, key) for a in changed if a.key.path[-1] != "catalog"}
+    assert status["min_words"] == StaleStatus.STALE
+    assert status["lower"] == status["chars"] == status["dataset"] == StaleStatus.FRESH
+    # re-materialising the changed stage gives it a new data version: its downstream becomes stale
+    redo = dg.materialize(
+        [a for a in changed if a.key.path[-1] != "catalog"],
+        selection=[dg.AssetKey(["toy", "min_words"])],
+        partition_key=key,
+        instance=dg.DagsterInstance.get(),
+        resources={"store": ParquetStore()},
+        run_config=QUIET,
+    )
+    assert redo.success
+    resolver = get_stale_status_resolver(dg.DagsterInstance.get(), changed)
+    assert resolver.get_status(dg.AssetKey(["toy", "min_words"]), key) == StaleStatus.FRESH
+    assert resolver.get_status(dg.AssetKey(["toy", "dataset"]), key) == StaleStatus.STALE
+
+
+def test_parallel_processes_never_fail_on_duckdb_lock(dataflow_home, tmp_path):
+    keys = [_shard(tmp_path, f"p{i}.jsonl", [f"doc {i} with several words {j}" for j in range(50)]) for i in range(2)]
+    script = textwrap.dedent(
+        """
+        import sys, dagster as dg
+        from dagster import reconstructable
+        from tests.dagster import toy_defs
+        inst = dg.DagsterInstance.get()
+        r1 = dg.execute_job(reconstructable(toy_defs.stages_job), instance=inst, tags={"dagster/partition": sys.argv[1]})
+        ok = r1.success
+        for _ in range(2):
+            r2 = dg.execute_job(reconstructable(toy_defs.catalog_job), instance=inst)
+            ok = ok and r2.success
+        sys.exit(0 if ok else 1)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, k], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for k in keys]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-3000:] for e in errs)
+    assert not any("Could not set lock" in e for e in errs)
+    con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
+    assert con.execute("select count(*) from toy.min_words").fetchone()[0] == 100
+    con.close()

@@ -1,0 +1,34 @@
+"""Fixtures for the LLM serving tests: a real loopback OpenAI-compatible server and a cache path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:
+    sys.path.append(str(TESTS))  # appended, so `resources` still resolves to the project package
+
+from llm_server import LoopbackLLMServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    """One loopback server per test module; counters reset for every test."""
+    with LoopbackLLMServer(latency=(0.0, 0.02), retry_after=0.05, slow_s=3.0) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def server(llm_server):
+    llm_server.reset_counters()
+    llm_server.latency = (0.0, 0.02)
+    llm_server.retry_after = 0.05
+    return llm_server
+
+
+@pytest.fixture()
+def cache_path(tmp_path):
+    return tmp_path / "cache" / "llm.sqlite"
