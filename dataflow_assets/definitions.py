@@ -8,7 +8,9 @@ from typing import Any
 
 import dagster as dg
 
+from dataflow_assets.factory import CATALOG
 from dataflow_assets.pipelines import shipped
+from sensors.inputs import input_sensor, nightly_schedule
 from resources.storage import ParquetStore
 
 
@@ -33,10 +35,23 @@ def resources_for_env(env: str | None = None) -> dict[str, Any]:
     raise ValueError(f"DATAFLOW_ENV={env!r}: expected 'local' or 'openai'")
 
 
+def pipeline_jobs(spec) -> list[dg.UnresolvedAssetJobDefinition]:
+    """`<pipeline>_stages` (source -> stages -> dataset of one partition) and `<pipeline>_catalog`."""
+    stages = [a for a in spec.assets if a.key.path[-1] != CATALOG]
+    catalog = [a for a in spec.assets if a.key.path[-1] == CATALOG]
+    return [
+        dg.define_asset_job(f"{spec.name}_stages", selection=dg.AssetSelection.assets(*stages), description=spec.description),
+        dg.define_asset_job(f"{spec.name}_catalog", selection=dg.AssetSelection.assets(*catalog)),
+    ]
+
+
 def build_definitions() -> dg.Definitions:
-    assets = [a for spec in shipped().values() for a in spec.assets]
+    specs = shipped().values()
     return dg.Definitions(
-        assets=assets,
+        assets=[a for spec in specs for a in spec.assets],
+        jobs=[job for spec in specs for job in pipeline_jobs(spec)],
+        sensors=[input_sensor(spec.name) for spec in specs],
+        schedules=[nightly_schedule(spec.name) for spec in specs],
         resources=resources_for_env(),
         executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
     )

@@ -28,7 +28,7 @@ from dataflow_assets import progress
 from dataflow_assets.checks import Gate, GateInput, gates_for
 from dataflow_assets.partitions import shard_partitions
 from operators.base import ID, Pipeline, Stage, stable_hash, with_row_ids
-from operators.io import read_input
+from operators.io import QUARANTINE_SCHEMA, InputError, read_input
 from resources.storage import QUARANTINE, ParquetStore, ShardRegistry, home, write_parquet_atomic, write_text_atomic
 
 LLM_POOL = "llm"
@@ -119,6 +119,16 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- the factory
 
 
+def quarantine_file(path: str, reason: str) -> pl.DataFrame:
+    return pl.DataFrame([{"file": path, "row": 0, "field": None, "reason": reason, "raw": ""}], schema=QUARANTINE_SCHEMA)
+
+
+# Transient infrastructure failures (a model server restarting, a full disk) get op-level retries;
+# per-row LLM errors are handled inside the client and never fail a stage.
+LLM_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+AUTOMATION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
 def partition_of(context: dg.AssetExecutionContext) -> str | None:
     return context.partition_key if context.has_partition_key else None
 
@@ -159,7 +169,12 @@ def pipeline_assets(
         partition = partition_of(context)
         shard = ShardRegistry().get(name, partition or "all")
         start = time.perf_counter()
-        result = read_input(shard.path, required, rename=rename, start=shard.start, stop=shard.stop)
+        try:
+            result = read_input(shard.path, required, rename=rename, start=shard.start, stop=shard.stop)
+        except InputError as err:
+            # nothing readable: record the file in quarantine, fail this partition only, never retry
+            store.write(name, QUARANTINE, partition, quarantine_file(shard.path, str(err)))
+            raise dg.Failure(description=str(err), metadata={"input_file": shard.path}, allow_retries=False) from err
         frame = with_row_ids(result.frame, source=Path(shard.path).name + (f"@{shard.start}" if shard.start else ""))
         store.write(name, SOURCE, partition, frame)
         store.write(name, QUARANTINE, partition, result.quarantine)
@@ -191,6 +206,7 @@ def pipeline_assets(
         group_name=name,
         partitions_def=parts,
         code_version="dataset-v1",
+        automation_condition=AUTOMATION,
         kinds={"parquet", "json"},
         required_resource_keys={"store"},
         description=f"Training-ready export of {name} for one shard (jsonl + parquet + manifest).",
@@ -247,6 +263,8 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -
         partitions_def=parts,
         code_version=stage.code_version(),
         pool=LLM_POOL if op.needs_llm else None,
+        retry_policy=LLM_RETRY if op.needs_llm else None,
+        automation_condition=AUTOMATION,
         kinds={"polars", "parquet"},
         check_specs=[g.spec(key(stage.name)) for g in gates],
         required_resource_keys={"store", "llm"} if op.needs_llm else {"store"},

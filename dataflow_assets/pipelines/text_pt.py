@@ -60,7 +60,7 @@ class TextPretrainPipeline(Pipeline):
             min_doc_words=min_doc_words, max_doc_words=max_doc_words, min_stop_words=min_stop_words
         )
         self.c4_lines = C4LineCleaner()
-        self.c4_quality = C4QualityFilter(min_num_sentences=min_num_sentences)
+        self.c4_quality = C4QualityFilter(min_num_sentences=min_num_sentences, clean_lines=False)
         self.gopher_repetition = GopherRepetitionFilter()
         self.fineweb_quality = FinewebQualityFilter(
             line_punct_thr=line_punct_thr, short_line_thr=short_line_thr, char_duplicates_ratio=char_duplicates_ratio
@@ -86,3 +86,19 @@ class TextPretrainPipeline(Pipeline):
         frame = self.exact_dedup(frame, text="text")
         frame = self.minhash_dedup(frame, text="text")
         return frame
+
+
+def _spec():
+    from dataflow_assets.checks import kept_share_gate
+    from dataflow_assets.pipelines import ShippedPipeline
+
+    return ShippedPipeline(
+        name="text_pt",
+        build=TextPretrainPipeline,
+        description=TextPretrainPipeline.description,
+        # web text keeps roughly 20-70% under these rules; outside a wide band something is wrong
+        gates=[kept_share_gate("minhash_dedup", 0.01, 0.99)],
+    )
+
+
+SPEC = _spec()

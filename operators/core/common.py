@@ -81,7 +81,7 @@ def validate_structured(res: pl.DataFrame, schema: Mapping[str, Any]) -> pl.Data
     validator = jsonschema.Draft202012Validator(schema)
     parsed: list[str | None] = []
     errors: list[str | None] = []
-    for text, p, err in zip(res.get_column("text"), res.get_column("parsed"), res.get_column("error")):
+    for text, p, err in zip(res.get_column("text"), res.get_column("parsed"), res.get_column("error"), strict=True):
         if err is not None:
             parsed.append(None)
             errors.append(err)

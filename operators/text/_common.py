@@ -139,7 +139,7 @@ class ThresholdFilter(Filter):
         return self.apply_keep(frame, {self.display_name: self.bounds(val)})
 
     def bounds(self, val):
-        cond = pl.lit(True) if isinstance(val, pl.Expr) else pl.Series([True] * len(val))
+        cond = pl.lit(True) if isinstance(val, pl.Expr) else pl.Series([True] * len(val), dtype=pl.Boolean)
         if self.min_value is not None:
             cond = cond & (val >= self.min_value)
         if self.max_value is not None:

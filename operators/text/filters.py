@@ -596,7 +596,9 @@ class KeywordFilter(Filter):
 class GopherQualityFilter(StatsFilter):
     """Gopher's quality rules (Rae et al. 2021, as in datatrove's GopherQualityFilter), one pass:
     word count in [min_doc_words, max_doc_words] (50 .. 100,000, punctuation-only words not
-    counted), mean word length in [3, 10], "#" and ellipsis to word ratios <= 0.1, lines starting
+    counted), mean word length in [3, 10] (over those words; symbol-only words are assumed to be
+    one character long), and ratios over tokens counted like datatrove's spaCy tokens
+    (whitespace words plus punctuation runs glued to a word), "#" and ellipsis to word ratios <= 0.1, lines starting
     with a bullet <= 0.9, lines ending with an ellipsis <= 0.3, words with a letter >= 0.8, at
     least 2 distinct stop words. Reads `text`; drops with reasons gopher_short_doc,
     gopher_long_doc, gopher_below_avg_threshold, gopher_above_avg_threshold,
@@ -634,12 +636,12 @@ class GopherQualityFilter(StatsFilter):
         self.stop_words = tuple(stop_words)
 
     def stats(self, t):
-        stripped = _strip_symbol_words(t)
         bullets = r"(?m)^[^\S\n]*(?:•|-)"
         return {
             "words": word_count(t),
-            "real_words": word_count(stripped),
-            "real_chars": non_space_chars(stripped),
+            # words with a character that is not punctuation / symbol (datatrove's non-symbol words)
+            "real_words": t.str.count_matches(r"\S*[^\s\p{P}\p{S}]\S*"),
+            "chars": non_space_chars(t),
             "hashes": t.str.count_matches("#", literal=True),
             "ellipses": t.str.count_matches(r"\.\.\.|…"),
             "lines": line_count(t),
@@ -647,12 +649,16 @@ class GopherQualityFilter(StatsFilter):
             "ellipsis_lines": t.str.count_matches(r"(?m)(?:\.\.\.|…)[^\S\n]*$"),
             "alpha_words": t.str.count_matches(r"\S*\p{L}\S*"),
             "stop_words": _stop_word_count(t, self.stop_words, False),
+            # punctuation runs glued to a word ("end.", "(see"): spaCy makes them extra tokens
+            "punct_tokens": t.str.count_matches(r"[^\s\p{P}]\p{P}+(?:\s|$)")
+            + t.str.count_matches(r"(?:^|\s)\p{P}+[^\s\p{P}]"),
         }
 
     def decide(self, s):
         c = self.c
         out: dict[str, pl.Expr] = {}
-        avg = safe_div(s["real_chars"], s["real_words"])
+        # symbol-only words are almost always one character ("-", "|", "&"): subtract one each
+        avg = safe_div(s["chars"] - (s["words"] - s["real_words"]), s["real_words"])
         if c["min_doc_words"]:
             out["gopher_short_doc"] = s["real_words"] >= c["min_doc_words"]
         if c["max_doc_words"]:
@@ -661,9 +667,10 @@ class GopherQualityFilter(StatsFilter):
             out["gopher_below_avg_threshold"] = avg >= c["min_avg_word_length"]
         if c["max_avg_word_length"]:
             out["gopher_above_avg_threshold"] = avg <= c["max_avg_word_length"]
+        tokens = s["words"] + s["punct_tokens"]  # datatrove's token count (spaCy-like)
         if c["max_symbol_word_ratio"]:
-            out["gopher_too_many_hashes"] = safe_div(s["hashes"], s["words"]) <= c["max_symbol_word_ratio"]
-            out["gopher_too_many_ellipsis"] = safe_div(s["ellipses"], s["words"]) <= c["max_symbol_word_ratio"]
+            out["gopher_too_many_hashes"] = safe_div(s["hashes"], tokens) <= c["max_symbol_word_ratio"]
+            out["gopher_too_many_ellipsis"] = safe_div(s["ellipses"], tokens) <= c["max_symbol_word_ratio"]
         if c["max_bullet_lines_ratio"]:
             out["gopher_too_many_bullets"] = safe_div(s["bullet_lines"], s["lines"]) <= c["max_bullet_lines_ratio"]
         if c["max_ellipsis_lines_ratio"]:
@@ -671,7 +678,7 @@ class GopherQualityFilter(StatsFilter):
                 safe_div(s["ellipsis_lines"], s["lines"]) <= c["max_ellipsis_lines_ratio"]
             )
         if c["min_alpha_words_ratio"]:
-            out["gopher_below_alpha_threshold"] = safe_div(s["alpha_words"], s["words"]) >= c["min_alpha_words_ratio"]
+            out["gopher_below_alpha_threshold"] = safe_div(s["alpha_words"], tokens) >= c["min_alpha_words_ratio"]
         if c["min_stop_words"]:
             out["gopher_enough_stop_words"] = s["stop_words"] >= c["min_stop_words"]
         return out
@@ -684,7 +691,8 @@ class C4QualityFilter(StatsFilter):
     survives C4 line cleaning, and pages with fewer than `min_num_sentences` (5) sentences after
     line cleaning (too_few_sentences; a kept line counts one sentence per ., ! or ? run, at least
     one). Reads `text`; writes nothing. Does not rewrite the text: run `c4_line_cleaner` first
-    (with the same options) to keep only the clean lines."""
+    (with the same options) to keep only the clean lines; then `clean_lines=False` skips the
+    line cleaning here and counts sentences on the whole text (max(sentence ends, lines))."""
 
     reads = {"text": "text"}
     writes = {}
@@ -700,7 +708,9 @@ class C4QualityFilter(StatsFilter):
         max_word_length: int = 1000,
         filter_javascript: bool = True,
         filter_policy: bool = True,
+        clean_lines: bool = True,
     ):
+        self.clean_lines = clean_lines
         self.min_num_sentences = min_num_sentences
         self.filter_lorem_ipsum, self.filter_curly_bracket = filter_lorem_ipsum, filter_curly_bracket
         self.line_kw = dict(
@@ -714,6 +724,16 @@ class C4QualityFilter(StatsFilter):
         self.filter_javascript, self.filter_policy = filter_javascript, filter_policy
 
     def stats(self, t):
+        if not self.clean_lines:
+            out = {}
+            if self.filter_lorem_ipsum:
+                out["lorem_ipsum"] = t.str.to_lowercase().str.contains("lorem ipsum", literal=True)
+            if self.filter_curly_bracket:
+                out["curly_bracket"] = t.str.contains("{", literal=True)
+            if self.min_num_sentences and self.min_num_sentences > 0:
+                ends = t.str.count_matches(r"[.!?]+[\"'”’)\]]*(?:\s|$)")
+                out["sentences"] = pl.max_horizontal(ends, nonempty_line_count(t)).fill_null(0)
+            return out
         lines = c4_clean_lines(t, **self.line_kw)
         el = pl.element()
         low = el.str.to_lowercase()

@@ -13,7 +13,7 @@ from operators.text._common import (
     alternation,
 )
 
-URL_PATTERN = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"']+"
+URL_PATTERN = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"
 EMAIL_PATTERN = r"(?i)\b[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}\b"
 # International or North-American style numbers with at least 7 digits, separators allowed.
 PHONE_PATTERN = r"(?:\+\d{1,3}[\s\-]?)?(?:\(\d{2,4}\)[\s\-]?|\b\d{2,4}[\s\-])\d{3,4}[\s\-]\d{3,4}\b"

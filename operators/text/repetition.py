@@ -79,11 +79,14 @@ def ngram_repetition(
 
 def _ngram_chunk(texts, offset, top_ns, dup_ns, out) -> None:
     doc, h, ln, _ = _word_arrays(texts)
-    m = len(doc)
+    m, n_docs = len(doc), len(texts)
     if m == 0:
         return
     cs = np.concatenate(([0], np.cumsum(ln)))
     doc_key = doc.astype(np.uint64) * _DOC_MIX
+    # candidates: positions whose (n-1)-gram is repeated in its text; an n-gram can only repeat
+    # where its prefix does, so the counting shrinks quickly with n.
+    cand = np.arange(m)
     with np.errstate(over="ignore"):
         g = h.copy()  # hash of the n-gram starting at each position, built up n by n
         for n in range(2, max(top_ns + dup_ns, default=1) + 1):
@@ -92,34 +95,47 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out) -> None:
                 break
             g = g[:k] * _MULT + h[n - 1 :]
             valid = doc[:k] == doc[n - 1 :]
-            if not valid.any():
-                continue
-            idx = np.nonzero(valid)[0]
-            key = g[idx] ^ doc_key[idx]
-            d = doc[idx]
+            cand = cand[cand < k]
+            cand = cand[valid[cand]]
+            if len(cand) == 0 and n not in top_ns:
+                break
+            key = g[cand] ^ doc_key[cand]
+            _, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+            cnt = counts[inverse]
             if n in top_ns:
-                chars = cs[idx + n] - cs[idx] + (n - 1)
-                frame = pl.DataFrame({"d": d, "key": key, "c": chars})
-                best = (
-                    frame.lazy()
-                    .select("d", (pl.len().over("key") * pl.col("c")).alias("v"))
-                    .group_by("d")
-                    .agg(pl.col("v").max())
-                    .collect()
-                )
-                out[f"top_{n}"][offset + best.get_column("d").to_numpy()] = best.get_column("v").to_numpy()
-            if n in dup_ns:
-                rep = (~pl.Series(key).is_first_distinct()).to_numpy()
-                if not rep.any():
-                    continue
-                starts = np.zeros(m + 1, dtype=np.int64)
-                starts[idx[rep] + 1] = 1
-                cstarts = np.cumsum(starts)  # cstarts[j + 1] = repeated starts at positions <= j
-                pos = np.arange(m)
-                lo = np.maximum(pos - n + 1, 0)
-                covered = (cstarts[pos + 1] - cstarts[lo]) > 0
-                chars = np.bincount(doc[covered], weights=ln[covered], minlength=len(texts)).astype(np.int64)
-                out[f"dup_{n}"][offset : offset + len(texts)] = chars
+                vidx = np.nonzero(valid)[0]
+                if len(vidx):
+                    chars = cs[vidx + n] - cs[vidx] + (n - 1)  # count 1 for every valid n-gram
+                    best = np.zeros(n_docs, dtype=np.int64)
+                    _segment_max(best, doc[vidx], chars)
+                    rep_c = cand[cnt > 1]
+                    if len(rep_c):
+                        v = (cs[rep_c + n] - cs[rep_c] + (n - 1)) * cnt[cnt > 1]
+                        _segment_max(best, doc[rep_c], v)
+                    out[f"top_{n}"][offset : offset + n_docs] = best
+            if n in dup_ns and len(cand):
+                rep = first[inverse] != np.arange(len(cand))  # not the first occurrence in its text
+                if rep.any():
+                    starts = np.zeros(m + 1, dtype=np.int64)
+                    starts[cand[rep] + 1] = 1
+                    cstarts = np.cumsum(starts)  # cstarts[j + 1] = repeated starts at positions <= j
+                    pos = np.arange(m)
+                    covered = (cstarts[pos + 1] - cstarts[np.maximum(pos - n + 1, 0)]) > 0
+                    out[f"dup_{n}"][offset : offset + n_docs] = np.bincount(
+                        doc[covered], weights=ln[covered], minlength=n_docs
+                    ).astype(np.int64)
+            cand = cand[cnt > 1]
+
+
+def _segment_max(best: np.ndarray, d: np.ndarray, v: np.ndarray) -> None:
+    """best[d] = max(best[d], v) for sorted document indices `d` (vectorised segment maximum)."""
+    if len(d) == 0:
+        return
+    order = np.argsort(d, kind="stable")
+    d, v = d[order], v[order]
+    starts = np.concatenate(([0], np.nonzero(np.diff(d))[0] + 1))
+    seg = np.maximum.reduceat(v, starts)
+    best[d[starts]] = np.maximum(best[d[starts]], seg)
 
 
 def _pairs(pairs) -> tuple[tuple[int, float], ...]:

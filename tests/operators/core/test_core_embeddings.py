@@ -76,6 +76,6 @@ def test_real_model_similarity_and_dedup():
 def test_real_model_on_shared_sft_rows():
     data = load_sft_input()
     out = EmbeddingSimilarity()(data)
-    sims = dict(zip(data.get_column("instruction"), out.get_column("similarity")))
+    sims = dict(zip(data.get_column("instruction"), out.get_column("similarity"), strict=True))
     # the on-topic capital answer is closer to its question than the nonsense instruction's answer
     assert sims["What is the capital of France?"] > sims["asdfjkl; asdfjkl;"]

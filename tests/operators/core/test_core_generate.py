@@ -100,7 +100,7 @@ def test_summarizer_on_real_sft_rows():
     data = with_row_ids(load_sft_input(), source="sft")
     client = FakeLLM(responder=lambda r: "SUMMARY of " + user_text(r).split("Text:\n", 1)[1][:25])
     out = Summarizer(max_words=30, llm=client)(data, text="output", output="gist")
-    for row, req in zip(data.iter_rows(named=True), client.calls[0]):
+    for row, req in zip(data.iter_rows(named=True), client.calls[0], strict=True):
         assert req.id == row[ID]
         assert row["output"] in user_text(req)
         assert "at most 30 words" in user_text(req)

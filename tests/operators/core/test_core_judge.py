@@ -56,7 +56,7 @@ def test_llm_judge_on_real_sft_rows_without_instruction():
     data = with_row_ids(load_sft_input(), source="sft")
     client = FakeLLM(responder=lambda r: {"score": min(5, 1 + len(user_text(r)) % 5), "rationale": "ok"})
     out = LLMJudgeEvaluator(llm=client)(data, instruction=None, response="output", score="quality", rationale=None)
-    for row, req in zip(data.iter_rows(named=True), client.calls[0]):
+    for row, req in zip(data.iter_rows(named=True), client.calls[0], strict=True):
         assert row["output"] in user_text(req)
         assert row["instruction"] not in user_text(req)
     assert out.get_column("quality").null_count() == 0

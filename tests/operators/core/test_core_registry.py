@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from tests.operators.core.core_fakes import FakeEncoder, FakeLLM
 from operators.base import ID, KINDS, REGISTRY, Pipeline, load_all, with_row_ids
 from operators.llm import META_DTYPE
+from tests.operators.core.core_fakes import FakeEncoder, FakeLLM
 
 load_all()
 CORE = sorted(name for name, info in REGISTRY.items() if info.domain == "core")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jsonschema
 import polars as pl
 import pytest
 
@@ -119,7 +120,7 @@ def test_json_validity_filter_reasons():
 
 
 def test_json_validity_filter_rejects_bad_schema():
-    with pytest.raises(Exception):
+    with pytest.raises(jsonschema.exceptions.SchemaError):
         JsonValidityFilter(schema={"type": 12})
 
 

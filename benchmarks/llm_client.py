@@ -1,0 +1,178 @@
+"""Benchmark of the LLM serving layer (resources/llm). One command:
+
+    .venv/bin/python benchmarks/llm_client.py [--requests 2000] [--concurrency 64] [--latency 0.05] [--no-embedded]
+
+1. throughput: N requests against the loopback OpenAI-compatible server (tests/llm_server.py,
+   run as a subprocess, fixed latency) at concurrency C, for each transport; wall time vs the
+   ideal N x latency / C (target <= 1.25x);
+2. cache: batch lookup of 100,000 cached rows (target < 2 s), and `generate()` over them;
+3. re-run of the cached batch: requests the server saw (target 0);
+4. embedded model (when llama_cpp and the SmolLM2 GGUF are installed): completion tokens/s
+   through the managed llama.cpp server + client vs the raw `llama_cpp.Llama` bindings on the
+   same prompts and n_threads (target >= 0.8x).
+
+Prints a table, then as the last line one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from operators.llm import LLMRequest, LLMResult, SamplingParams  # noqa: E402
+from resources.llm import GenerationCache, OpenAIClient, cache_key, default_threads, find_smollm2_gguf, llama_cpp_installed, make_client  # noqa: E402
+
+
+def start_loopback(latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "llm_server.py"), "--port", "0", "--latency", str(latency)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    port = int(proc.stdout.readline().split()[1])
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def server_requests(root: str) -> int:
+    with urllib.request.urlopen(f"{root}/stats") as r:
+        return json.loads(r.read())["requests"]
+
+
+def bench_throughput(n: int, conc: int, latency: float, tmp: Path) -> dict:
+    proc, root = start_loopback(latency)
+    out: dict = {"requests": n, "concurrency": conc, "latency_s": latency, "ideal_s": n * latency / conc}
+    try:
+        for transport in ("aiohttp", "openai"):
+            walls = []
+            for rep in range(2):  # the second run is warm (imports, connection setup paid)
+                cache = tmp / f"tp-{transport}-{rep}.sqlite"
+                client = OpenAIClient(base_url=f"{root}/v1", model="bench", cache=cache, max_concurrency=conc, transport=transport, timeout_s=30)
+                reqs = [LLMRequest(id=f"r{i}", messages=[{"role": "user", "content": f"{transport} {rep} row {i}"}]) for i in range(n)]
+                before = server_requests(root)
+                t0 = time.perf_counter()
+                res = client.generate(reqs)
+                walls.append(time.perf_counter() - t0)
+                assert all(r.ok for r in res) and server_requests(root) - before == n
+            wall = min(walls)
+            out[transport] = {"wall_s": round(wall, 3), "ratio_to_ideal": round(wall / out["ideal_s"], 3), "runs_s": [round(w, 3) for w in walls]}
+            # re-run of the cached batch: zero requests
+            before = server_requests(root)
+            t0 = time.perf_counter()
+            res = client.generate(reqs)
+            out[transport]["rerun_s"] = round(time.perf_counter() - t0, 3)
+            out[transport]["rerun_requests"] = server_requests(root) - before
+            assert all(r.cached for r in res)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return out
+
+
+def bench_cache(tmp: Path, n: int = 100_000) -> dict:
+    cache = GenerationCache(tmp / "lookup.sqlite")
+    reqs = [LLMRequest(id=f"row{i}", messages=[{"role": "user", "content": f"cached prompt {i}"}]) for i in range(n)]
+    model = "bench-cache"
+    keys = [cache_key(model, r, mode="json_schema") for r in reqs]
+    t0 = time.perf_counter()
+    cache.put_many(LLMResult(id=r.id, text=f"answer {i}", model=model, cache_key=k) for i, (r, k) in enumerate(zip(reqs, keys)))
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hits = cache.lookup(reqs, keys)
+    lookup_s = time.perf_counter() - t0
+    assert len(hits) == n
+    client = OpenAIClient(base_url="http://127.0.0.1:9/v1", model="x", identity=model, cache=cache)  # nothing listens: a miss would fail
+    t0 = time.perf_counter()
+    res = client.generate(reqs)
+    gen_s = time.perf_counter() - t0
+    assert all(r.cached for r in res) and client.stats()["http_requests"] == 0
+    return {"rows": n, "write_s": round(write_s, 3), "lookup_s": round(lookup_s, 3), "generate_all_cached_s": round(gen_s, 3)}
+
+
+PROMPTS = [
+    "Write one sentence about the sea.",
+    "List three fruits.",
+    "What is 2 + 2? Explain briefly.",
+    "Describe a cat in one sentence.",
+]
+
+
+def bench_embedded(max_tokens: int = 48) -> dict:
+    if not llama_cpp_installed() or find_smollm2_gguf() is None:
+        return {"skipped": "llama_cpp or the SmolLM2 GGUF is not installed"}
+    import llama_cpp
+
+    threads, n_ctx = default_threads(), 1024
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+
+    llm = llama_cpp.Llama(model_path=str(find_smollm2_gguf()), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False)
+    llm.create_chat_completion(messages=msgs[0], max_tokens=4, temperature=0.0)  # warm-up
+    t0 = time.perf_counter()
+    raw_tokens = 0
+    for m in msgs:
+        r = llm.create_chat_completion(messages=m, max_tokens=max_tokens, temperature=0.0, seed=0)
+        raw_tokens += r["usage"]["completion_tokens"]
+    raw_s = time.perf_counter() - t0
+    del llm
+
+    with make_client("llamacpp", n_threads=threads, n_ctx=n_ctx, cache=False) as client:
+        client.generate([LLMRequest(id="warm", messages=msgs[0], params=SamplingParams(max_tokens=4))])  # starts the server
+        reqs = [LLMRequest(id=f"p{i}", messages=m, params=params) for i, m in enumerate(msgs)]
+        t0 = time.perf_counter()
+        res = client.generate(reqs)
+        cli_s = time.perf_counter() - t0
+        assert all(r.ok for r in res), [r.error_detail for r in res]
+        cli_tokens = sum(r.tokens_out for r in res)
+    raw_tps, cli_tps = raw_tokens / raw_s, cli_tokens / cli_s
+    return {
+        "n_threads": threads, "prompts": len(msgs), "max_tokens": max_tokens,
+        "raw_tokens": raw_tokens, "raw_s": round(raw_s, 3), "raw_tokens_per_s": round(raw_tps, 2),
+        "client_tokens": cli_tokens, "client_s": round(cli_s, 3), "client_tokens_per_s": round(cli_tps, 2),
+        "ratio": round(cli_tps / raw_tps, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="LLM client benchmark")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--no-embedded", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        tp = bench_throughput(args.requests, args.concurrency, args.latency, tmp)
+        ca = bench_cache(tmp)
+    emb = {"skipped": "--no-embedded"} if args.no_embedded else bench_embedded()
+
+    rows = []
+    for t in ("aiohttp", "openai"):
+        rows.append((f"throughput [{t}] {args.requests} req @ c={args.concurrency}, {args.latency * 1000:g} ms",
+                     f"{tp[t]['wall_s']:.2f} s (ideal {tp['ideal_s']:.2f} s)", f"{tp[t]['ratio_to_ideal']:.2f}x", "<= 1.25x",
+                     tp[t]["ratio_to_ideal"] <= 1.25))
+        rows.append((f"re-run cached batch [{t}]", f"{tp[t]['rerun_requests']} requests, {tp[t]['rerun_s']:.2f} s", "", "0 requests", tp[t]["rerun_requests"] == 0))
+    rows.append(("cache lookup 100,000 rows", f"{ca['lookup_s']:.2f} s", "", "< 2 s", ca["lookup_s"] < 2))
+    rows.append(("generate() over 100,000 cached rows", f"{ca['generate_all_cached_s']:.2f} s", "", "(info)", None))
+    if "ratio" in emb:
+        rows.append((f"embedded tokens/s client vs raw (n_threads={emb['n_threads']})",
+                     f"{emb['client_tokens_per_s']:.1f} vs {emb['raw_tokens_per_s']:.1f}", f"{emb['ratio']:.2f}x", ">= 0.8x", emb["ratio"] >= 0.8))
+    else:
+        rows.append(("embedded model", emb["skipped"], "", "", None))
+    w = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{w}}  {'result':<34} {'ratio':>7}  {'target':<11} ok")
+    for name, res, ratio, target, ok in rows:
+        print(f"{name:<{w}}  {res:<34} {ratio:>7}  {target:<11} {'-' if ok is None else ('yes' if ok else 'NO')}")
+    print(json.dumps({"throughput": tp, "cache": ca, "embedded": emb, "cpu_cores": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
