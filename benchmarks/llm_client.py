@@ -33,9 +33,9 @@ from operators.llm import LLMRequest, LLMResult, SamplingParams  # noqa: E402
 from resources.llm import GenerationCache, OpenAIClient, cache_key, default_threads, find_smollm2_gguf, llama_cpp_installed, make_client  # noqa: E402
 
 
-def start_loopback(latency: float) -> tuple[subprocess.Popen, str]:
+def start_loopback(latency: float, engine: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "llm_server.py"), "--port", "0", "--latency", str(latency)],
+        [sys.executable, str(ROOT / "tests" / "llm_server.py"), "--port", "0", "--latency", str(latency), "--engine", engine],
         stdout=subprocess.PIPE, text=True,
     )
     port = int(proc.stdout.readline().split()[1])
@@ -47,9 +47,9 @@ def server_requests(root: str) -> int:
         return json.loads(r.read())["requests"]
 
 
-def bench_throughput(n: int, conc: int, latency: float, tmp: Path) -> dict:
-    proc, root = start_loopback(latency)
-    out: dict = {"requests": n, "concurrency": conc, "latency_s": latency, "ideal_s": n * latency / conc}
+def bench_throughput(n: int, conc: int, latency: float, tmp: Path, engine: str) -> dict:
+    proc, root = start_loopback(latency, engine)
+    out: dict = {"requests": n, "concurrency": conc, "latency_s": latency, "ideal_s": n * latency / conc, "server_engine": engine}
     try:
         for transport in ("aiohttp", "openai"):
             walls = []
@@ -147,10 +147,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--no-embedded", action="store_true")
+    ap.add_argument("--server-engine", choices=["raw", "aiohttp"], default="raw",
+                    help="loopback server implementation (raw: minimal HTTP so the server's CPU does not dominate on small machines)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        tp = bench_throughput(args.requests, args.concurrency, args.latency, tmp)
+        tp = bench_throughput(args.requests, args.concurrency, args.latency, tmp, args.server_engine)
         ca = bench_cache(tmp)
     emb = {"skipped": "--no-embedded"} if args.no_embedded else bench_embedded()
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=False)
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def _quiet_dagster() -> None:
@@ -58,7 +58,8 @@ def _print_summary(summary) -> None:
         table.add_column(col, overflow="fold")
     table.add_row("input records", str(summary.records), "", f"quarantined: {summary.quarantined}" if summary.quarantined else "", "", "", "")
     for s in summary.stages.values():
-        dropped = ", ".join(f"{r}: {n}" for r, n in sorted(s.dropped.items(), key=lambda kv: -kv[1]))
+        top = sorted(s.dropped.items(), key=lambda kv: -kv[1])
+        dropped = ", ".join(f"{r}: {n}" for r, n in top[:4]) + (f", +{len(top) - 4} more" if len(top) > 4 else "")
         table.add_row(s.stage, str(s.rows_in), str(s.rows_out), dropped, str(s.llm_calls or ""), str(s.cache_hits or ""), f"{s.seconds:.2f}")
     console.print(table)
     if summary.quarantined:
@@ -104,6 +105,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(console, _run_with_progress, _print_summary, llm=not args.no_llm, judge_rows=args.judge_rows)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from dataflow_assets.runner import backfill
+
+    _quiet_dagster()
+    if not args.all and not args.partitions:
+        console.print("[red]give --all or --partitions KEY ...[/]")
+        return 2
+    summary = backfill(args.pipeline, None if args.all else args.partitions, parallel=args.parallel)
+    _print_summary(summary)
+    return 0 if summary.success else 1
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from dataflow_assets.runner import backfill
+
+    _quiet_dagster()
+    summary = backfill(args.pipeline, [args.partition], parallel=1, stages=args.stage)
+    _print_summary(summary)
+    return 0 if summary.success else 1
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from dataflow_assets.trace import format_trace, trace_row
+
+    steps = trace_row(args.pipeline, args.id, args.partition)
+    print(json.dumps(steps, indent=2, default=str) if args.json else format_trace(steps))
+    return 0
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from resources.storage import ShardRegistry
+
+    for shard in ShardRegistry().all(args.pipeline):
+        rng = f" rows [{shard.start}, {shard.stop})" if shard.start is not None else ""
+        print(f"{shard.key}\t{shard.path}{rng}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from resources.storage import ParquetStore
+
+    con = duckdb.connect(str(ParquetStore().catalog_path), read_only=True)
+    try:
+        print(con.sql(args.query))
+    finally:
+        con.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dataflow", description="LLM-driven data preparation on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +178,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-per-shard", type=int, help="split each file into partitions of this many records")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("backfill", help="run many partitions of a pipeline, in parallel")
+    p.add_argument("pipeline")
+    p.add_argument("--all", action="store_true", help="every registered partition")
+    p.add_argument("--partitions", nargs="+", help="partition keys (see `dataflow partitions PIPELINE`)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    p.set_defaults(fn=cmd_backfill)
+
+    p = sub.add_parser("rerun", help="re-run some stages of one partition")
+    p.add_argument("pipeline")
+    p.add_argument("--partition", required=True)
+    p.add_argument("--stage", nargs="+", required=True, help="stage names (asset keys <pipeline>/<stage>)")
+    p.set_defaults(fn=cmd_rerun)
+
+    p = sub.add_parser("trace", help="one row's journey through every stage")
+    p.add_argument("pipeline")
+    p.add_argument("--id", required=True, help="the row's _id")
+    p.add_argument("--partition")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_trace)
+
+    p = sub.add_parser("partitions", help="list a pipeline's registered input shards")
+    p.add_argument("pipeline")
+    p.set_defaults(fn=cmd_partitions)
+
+    p = sub.add_parser("sql", help="query the DuckDB catalog (read-only), e.g. \"select * from text_pt.minhash_dedup limit 5\"")
+    p.add_argument("query")
+    p.set_defaults(fn=cmd_sql)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("DATAFLOW_HOME", str(Path(".dataflow").resolve()))

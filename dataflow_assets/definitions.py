@@ -58,3 +58,12 @@ def build_definitions() -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def stages_job(pipeline: str) -> dg.JobDefinition:
+    """The resolved `<pipeline>_stages` job (a reconstructable target for the multiprocess executor)."""
+    return defs.resolve_job_def(f"{pipeline}_stages")
+
+
+def catalog_job(pipeline: str) -> dg.JobDefinition:
+    return defs.resolve_job_def(f"{pipeline}_catalog")

@@ -142,9 +142,62 @@ def run_pipeline(
     return summary
 
 
+def backfill(
+    name: str,
+    partitions: Sequence[str] | None = None,
+    *,
+    parallel: int = 2,
+    stages: Sequence[str] | None = None,
+) -> RunSummary:
+    """Run the stages job of `name` for many partitions (all registered shards when `partitions` is
+    None), `parallel` runs at a time, each with the multiprocess executor; then refresh the catalog.
+    `stages` limits the run to some stage assets (e.g. re-run one stage of one partition)."""
+    from concurrent.futures import ThreadPoolExecutor
+    import uuid
+
+    spec = shipped()[name]
+    keys = list(partitions) if partitions else [s.key for s in ShardRegistry().all(name)]
+    if not keys:
+        raise ValueError(f"{name}: no partitions to run; add inputs with `dataflow run` or the input sensor")
+    inst = instance()
+    known = set(inst.get_dynamic_partitions(f"{name}_shards"))
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise KeyError(f"{name}: unknown partition(s) {unknown}; known: {sorted(known)}")
+    tag = uuid.uuid4().hex[:8]
+    job = dg.build_reconstructable_job("dataflow_assets.definitions", "stages_job", reconstructable_args=(name,))
+    selection = [dg.AssetKey([name, s]) for s in stages] if stages else None
+
+    def one(key: str) -> dg.ExecuteJobResult:
+        with dg.execute_job(
+            job,
+            instance=inst,
+            tags={"dagster/partition": key, "dataflow/backfill": tag, "dataflow/pipeline": name},
+            asset_selection=selection,
+            run_config=QUIET,
+        ) as result:
+            return result.success, [e for e in result.all_events]
+
+    summary = RunSummary(name, keys)
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for ok, events in pool.map(one, keys):
+            summary.success &= ok
+            _collect_events(summary, events)
+    summary.success &= refresh_catalog(spec).success
+    export = home() / "exports" / name / "dataset.parquet"
+    summary.export = str(export) if export.exists() else None
+    return summary
+
+
 def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
-    for event in result.get_asset_materialization_events():
-        mat = event.materialization
+    _collect_events(summary, result.all_events)
+
+
+def _collect_events(summary: RunSummary, events: Sequence[dg.DagsterEvent]) -> None:
+    for event in events:
+        if not event.is_step_materialization:
+            continue
+        mat = event.step_materialization_data.materialization
         stage = mat.asset_key.path[-1]
         meta = {k: v.value for k, v in mat.metadata.items()}
         if stage == SOURCE:
@@ -161,7 +214,10 @@ def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
         s.llm_calls += int(meta.get("llm_calls", 0))
         s.cache_hits += int(meta.get("llm_cache_hits", 0))
         s.seconds += float(meta.get("wall_time_s", 0.0))
-    for ev in result.get_asset_check_evaluations():
+    for event in events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION":
+            continue
+        ev = event.event_specific_data
         if not ev.passed:
             summary.checks_failed.append(f"{'/'.join(ev.asset_key.path)}:{ev.check_name}")
 

@@ -133,7 +133,8 @@ class ParquetStore(dg.ConfigurableResource):
 
         created = []
         with file_lock(self.catalog_path.with_suffix(".lock")):
-            con = duckdb.connect(str(self.catalog_path))
+            # an older storage format, so the `duckdb` CLI (duckdb-cli, a release behind) can open it too
+            con = duckdb.connect(str(self.catalog_path), config={"storage_compatibility_version": "v1.2.0"})
             try:
                 con.execute(f'create schema if not exists "{pipeline}"')
                 for stage in stages:

@@ -51,7 +51,7 @@ def ngram_repetition(
 ) -> dict[str, np.ndarray]:
     """Character counts behind Gopher's n-gram rules, one value per text:
 
-    - `top_{n}`: for the most frequent word n-gram (ties: the largest product), its count times its
+    - `top_{n}`: for the most frequent word n-gram (ties: the longest), its count times its
       length in characters as " ".join(ngram) (datatrove's `find_top_duplicate`); 0 when the text
       has fewer than n words.
     - `dup_{n}`: characters ("".join, i.e. spaces excluded) of the words covered by an n-gram that
@@ -108,10 +108,16 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out) -> None:
                     chars = cs[vidx + n] - cs[vidx] + (n - 1)  # count 1 for every valid n-gram
                     best = np.zeros(n_docs, dtype=np.int64)
                     _segment_max(best, doc[vidx], chars)
-                    rep_c = cand[cnt > 1]
-                    if len(rep_c):
-                        v = (cs[rep_c + n] - cs[rep_c] + (n - 1)) * cnt[cnt > 1]
-                        _segment_max(best, doc[rep_c], v)
+                    rep_c, rep_n = cand[cnt > 1], cnt[cnt > 1]
+                    if len(rep_c):  # texts with a repeated n-gram: the most frequent, then longest
+                        top_count = np.zeros(n_docs, dtype=np.int64)
+                        _segment_max(top_count, doc[rep_c], rep_n)
+                        is_top = rep_n == top_count[doc[rep_c]]
+                        rc = rep_c[is_top]
+                        v = (cs[rc + n] - cs[rc] + (n - 1)) * rep_n[is_top]
+                        has_rep = top_count > 0
+                        best[has_rep] = 0
+                        _segment_max(best, doc[rc], v)
                     out[f"top_{n}"][offset : offset + n_docs] = best
             if n in dup_ns and len(cand):
                 rep = first[inverse] != np.arange(len(cand))  # not the first occurrence in its text

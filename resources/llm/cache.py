@@ -14,6 +14,8 @@ index, JSON schema, output mode). Stored in SQLite (WAL mode, busy timeout, retr
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -21,10 +23,11 @@ import random
 import sqlite3
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from operators.llm import LLMRequest, LLMResult
+from operators.llm import LLMRequest, LLMResult, SamplingParams
 
 SCHEMA_VERSION = 1
 _CHUNK = 900  # bound variables per IN (...) query; far below SQLite's limit
@@ -38,22 +41,36 @@ def default_cache_path(home: str | os.PathLike | None = None) -> Path:
     return Path(home).expanduser().resolve() / "cache" / "llm.sqlite" if home else default_home() / "cache" / "llm.sqlite"
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Building 100k result objects triggers many full GC passes that find nothing to free."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+_ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=lambda o: dict(o) if isinstance(o, Mapping) else repr(o)).encode
+
+
+@lru_cache(maxsize=4096)
+def _key_prefix(model: str, params: SamplingParams, sample: int, mode: str) -> str:
+    head = json.dumps({"v": SCHEMA_VERSION, "model": model, "params": params.to_dict(), "sample": sample, "mode": mode}, sort_keys=True, ensure_ascii=False)
+    return head + "\x00"
+
+
 def cache_key(model: str, request: LLMRequest, *, mode: str = "") -> str:
-    """The content address of one generation (never includes an API key or a row id)."""
-    payload = json.dumps(
-        {
-            "v": SCHEMA_VERSION,
-            "model": model,
-            "messages": [dict(m) for m in request.messages],
-            "params": request.params.to_dict(),
-            "sample": request.sample,
-            "schema": request.schema,
-            "mode": mode if request.schema is not None else "",
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-        default=repr,
-    )
+    """The content address of one generation: backend model identity, the full rendered messages,
+    sampling params (seed included), sample index, schema and structured-output mode. Never an
+    API key or a row id. (~5 us per key: the per-batch constant part is memoized.)"""
+    prefix = _key_prefix(model, request.params, request.sample, mode if request.schema is not None else "")
+    msgs = request.messages
+    messages = _ENCODE(msgs if isinstance(msgs, (list, tuple)) else list(msgs))
+    schema = _ENCODE(request.schema) if request.schema is not None else "null"
+    payload = f"{prefix}{messages}\x00{schema}"
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
@@ -120,41 +137,45 @@ class GenerationCache:
             self._local.conn = None
 
     # -- reads ------------------------------------------------------------------------------
-    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Stored rows for the keys present, as dicts (key -> row). Missing keys are absent."""
+    _COLS = ("key", "model", "text", "parsed", "finish_reason", "tokens_in", "tokens_out", "latency_s")
+
+    def _rows(self, keys: Iterable[str]) -> dict[str, tuple]:
         uniq = list(dict.fromkeys(keys))
-        out: dict[str, dict[str, Any]] = {}
-        cols = ("key", "model", "text", "parsed", "finish_reason", "tokens_in", "tokens_out", "latency_s")
+        out: dict[str, tuple] = {}
+        cols = ", ".join(self._COLS)
 
         def read(conn: sqlite3.Connection) -> None:
+            out.clear()
             for i in range(0, len(uniq), _CHUNK):
                 chunk = uniq[i : i + _CHUNK]
-                q = f"SELECT {', '.join(cols)} FROM generations WHERE key IN ({','.join('?' * len(chunk))})"
+                q = f"SELECT {cols} FROM generations WHERE key IN ({','.join('?' * len(chunk))})"
                 for row in conn.execute(q, chunk):
-                    out[row[0]] = dict(zip(cols, row))
+                    out[row[0]] = row
 
         self._retry(read)
         return out
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored rows for the keys present, as dicts (key -> row). Missing keys are absent."""
+        with _gc_paused():
+            return {k: dict(zip(self._COLS, row)) for k, row in self._rows(keys).items()}
+
     def lookup(self, requests: Sequence[LLMRequest], keys: Sequence[str]) -> dict[int, LLMResult]:
         """Index in `requests` -> cached `LLMResult` (cached=True) for every hit."""
-        rows = self.get_many(keys)
+        with _gc_paused():
+            return self._lookup(requests, keys)
+
+    def _lookup(self, requests: Sequence[LLMRequest], keys: Sequence[str]) -> dict[int, LLMResult]:
+        rows = self._rows(keys)
         hits: dict[int, LLMResult] = {}
+        loads = json.loads
         for i, (req, key) in enumerate(zip(requests, keys)):
             row = rows.get(key)
             if row is not None:
+                _, model, text, parsed, finish, t_in, t_out, lat = row
                 hits[i] = LLMResult(
-                    id=req.id,
-                    sample=req.sample,
-                    text=row["text"],
-                    parsed=json.loads(row["parsed"]) if row["parsed"] is not None else None,
-                    finish_reason=row["finish_reason"],
-                    tokens_in=row["tokens_in"],
-                    tokens_out=row["tokens_out"],
-                    latency_s=row["latency_s"],
-                    model=row["model"],
-                    cache_key=key,
-                    cached=True,
+                    req.id, req.sample, text, loads(parsed) if parsed is not None else None, finish,
+                    t_in, t_out, lat, model, key, True,
                 )
         return hits
 

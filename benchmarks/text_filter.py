@@ -1,0 +1,255 @@
+"""Benchmark: our text filter chain and MinHash dedup vs datatrove, on documents built from C4.
+
+    .venv/bin/python benchmarks/text_filter.py [--docs N] [--dt-filter-docs M] [--dt-dedup-docs K]
+
+Documents: the 2,000 real C4 validation documents, then documents made of C4 lines sampled at
+random (as many lines as a random C4 document has) ending with a distinct "Reference #k." line, so
+that no two are near duplicates by construction; then ~2% planted exact duplicates and ~5% planted
+near duplicates (a window of 5% of a document's words, every second word replaced) of random
+earlier documents, with the ground truth kept. Every measurement runs in its own subprocess so its
+peak RSS (ru_maxrss of that child) is separate. datatrove is run on a prefix of the documents when
+it is too slow (its docs/s is measured on that prefix and stated as such).
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+C4 = ROOT / ".." / "shared" / "data" / "c4_validation_2k" / "c4_validation_2k.parquet"
+FILTER_STAGES = ["gopher_quality", "c4_lines", "c4_quality", "gopher_repetition", "fineweb_quality"]
+
+
+def build_docs(n: int, seed: int = 0):
+    import polars as pl
+
+    base = pl.read_parquet(C4).get_column("text").to_list()
+    rng = random.Random(seed)
+    pool = [line for t in base for line in t.split("\n") if line.strip()]
+    n_lines = [len(t.split("\n")) for t in base]
+    n_exact, n_near = int(n * 0.02), int(n * 0.05)
+    n_unique = n - n_exact - n_near
+    docs = base[: min(n_unique, len(base))]
+    while len(docs) < n_unique:
+        k = rng.choice(n_lines)
+        docs.append("\n".join(rng.sample(pool, k)) + f"\nReference #{len(docs)}.")
+    truth = {"exact": [], "near": []}  # (index of planted doc, index of its source)
+    kinds = ["exact"] * n_exact + ["near"] * n_near
+    rng.shuffle(kinds)
+    for kind in kinds:
+        src = rng.randrange(len(docs))
+        text = docs[src]
+        if kind == "near":
+            w = text.split(" ")
+            span = max(2, len(w) // 20)
+            start = rng.randrange(max(1, len(w) - span))
+            for j in range(start, min(len(w), start + span), 2):
+                w[j] = rng.choice(["alpha", "beta", "gamma", "delta", "omega"])
+            text = " ".join(w)
+        truth[kind].append((len(docs), src))
+        docs.append(text)
+    return docs, truth
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def work_ours_filter(n: int) -> dict:
+    import polars as pl
+
+    from dataflow_assets.pipelines.text_pt import TextPretrainPipeline
+
+    docs, _ = build_docs(n)
+    frame = pl.DataFrame({"text": docs})
+    p = TextPretrainPipeline()
+    t = time.perf_counter()
+    for name in FILTER_STAGES:
+        frame = getattr(p, name)(frame, text="text")
+    sec = time.perf_counter() - t
+    return {"docs": n, "seconds": sec, "kept": frame.height}
+
+
+def _dt_filters():
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    return [GopherQualityFilter(), C4QualityFilter(), GopherRepetitionFilter()]
+
+
+def work_dt_filter(n_total: int, n: int) -> dict:
+    from datatrove.data import Document
+
+    docs, _ = build_docs(n_total)
+    docs = docs[:n]
+    filters = _dt_filters()
+    for f in filters:  # load the tokenizer outside the timing
+        f.filter(Document(text="Warm up the tokenizer, please. " * 30, id="w"))
+    t = time.perf_counter()
+    kept = 0
+    for i, text in enumerate(docs):
+        doc = Document(text=text, id=str(i))
+        ok = True
+        for f in filters:
+            r = f.filter(doc)
+            if r is not True and (r is False or r[0] is False):
+                ok = False
+                break
+        kept += ok
+    return {"docs": n, "seconds": time.perf_counter() - t, "kept": kept}
+
+
+def _scores(removed: set[int], truth: dict) -> dict:
+    near = {i for i, _ in truth["near"]}
+    exact = {i for i, _ in truth["exact"]}
+    planted = near | exact
+    tp = len(removed & planted)
+    return {
+        "removed": len(removed),
+        "near_recall": len(removed & near) / max(1, len(near)),
+        "exact_recall": len(removed & exact) / max(1, len(exact)),
+        "precision": tp / max(1, len(removed)),
+    }
+
+
+def _prefix_truth(truth: dict, n: int) -> dict:
+    return {k: [(i, s) for i, s in v if i < n] for k, v in truth.items()}
+
+
+def work_ours_minhash(n_total: int, n: int) -> dict:
+    import numpy as np
+    import polars as pl
+
+    from dataflow_assets.pipelines.text_pt import TextPretrainPipeline
+
+    docs, truth = build_docs(n_total)
+    docs = docs[:n]
+    op = TextPretrainPipeline().minhash_dedup
+    t = time.perf_counter()
+    rep = op.cluster_representatives(pl.Series(docs))
+    sec = time.perf_counter() - t
+    removed = set(np.nonzero(rep != np.arange(len(rep)))[0].tolist())
+    return {"docs": n, "seconds": sec, **_scores(removed, _prefix_truth(truth, n)),
+            "threshold": op.threshold, "num_perm": op.num_perm, "bands": op.bands, "rows": op.rows}
+
+
+def work_dt_minhash(n_total: int, n: int) -> dict:
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+
+    docs, truth = build_docs(n_total)
+    docs = docs[:n]
+    cfg = MinhashConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        sigs, buckets, clusters = (os.path.join(tmp, x) for x in ("sigs", "buckets", "clusters"))
+        t = time.perf_counter()
+        documents = [Document(text=d, id=str(i)) for i, d in enumerate(docs)]
+        sig = MinhashDedupSignature(output_folder=sigs, config=cfg)
+        sig.run((d for d in documents), rank=0, world_size=1)
+        for b in range(cfg.num_buckets):
+            MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=cfg).run(
+                None, rank=b, world_size=cfg.num_buckets
+            )
+        MinhashDedupCluster(input_folder=buckets, output_folder=clusters, config=cfg).run(None, rank=0, world_size=1)
+        kept = {
+            int(d.id)
+            for d in MinhashDedupFilter(input_folder=clusters).run(
+                (Document(text=x, id=str(i)) for i, x in enumerate(docs)), rank=0, world_size=1
+            )
+        }
+        sec = time.perf_counter() - t
+    removed = set(range(len(docs))) - kept
+    return {"docs": n, "seconds": sec, **_scores(removed, _prefix_truth(truth, n)),
+            "num_buckets": cfg.num_buckets, "hashes_per_bucket": cfg.hashes_per_bucket}
+
+
+WORKERS = {
+    "ours_filter": work_ours_filter,
+    "dt_filter": work_dt_filter,
+    "ours_minhash": work_ours_minhash,
+    "dt_minhash": work_dt_minhash,
+}
+
+
+def run_child(name: str, *args: int, timeout: int = 3000) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--dt-filter-docs", type=int, default=1000, help="datatrove filter subset size")
+    ap.add_argument("--dt-dedup-docs", type=int, default=5000, help="datatrove minhash subset size")
+    ap.add_argument("--worker", nargs="+")
+    args = ap.parse_args()
+    if args.worker:
+        import logging
+
+        logging.disable(logging.WARNING)
+        try:
+            from loguru import logger
+
+            logger.remove()
+        except ImportError:
+            pass
+        name, *nums = args.worker
+        res = WORKERS[name](*map(int, nums))
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+
+    n = args.docs
+    dt_f, dt_d = min(n, args.dt_filter_docs), min(n, args.dt_dedup_docs)
+    res = {
+        "docs": n,
+        "ours_filter": run_child("ours_filter", n),
+        "dt_filter": run_child("dt_filter", n, dt_f),
+        "ours_minhash": run_child("ours_minhash", n, n),
+        "ours_minhash_on_dt_subset": run_child("ours_minhash", n, dt_d),
+        "dt_minhash": run_child("dt_minhash", n, dt_d),
+    }
+    for key in ("ours_filter", "dt_filter", "ours_minhash", "ours_minhash_on_dt_subset", "dt_minhash"):
+        r = res[key]
+        if "seconds" in r:
+            r["docs_per_s"] = r["docs"] / r["seconds"] if r["seconds"] else float("inf")
+    ok = all("docs_per_s" in res[k] for k in ("ours_filter", "dt_filter", "ours_minhash", "dt_minhash"))
+    if ok:
+        res["filter_speedup"] = res["ours_filter"]["docs_per_s"] / res["dt_filter"]["docs_per_s"]
+        res["minhash_speedup"] = res["ours_minhash"]["docs_per_s"] / res["dt_minhash"]["docs_per_s"]
+    print(f"{'run':28} {'docs':>8} {'seconds':>9} {'docs/s':>10} {'peak MB':>8}  extra")
+    for key in ("ours_filter", "dt_filter", "ours_minhash", "ours_minhash_on_dt_subset", "dt_minhash"):
+        r = res[key]
+        if "error" in r:
+            print(f"{key:28} ERROR {r['error'][-300:]}")
+            continue
+        extra = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                 if k in ("kept", "near_recall", "exact_recall", "precision", "removed")}
+        print(f"{key:28} {r['docs']:>8} {r['seconds']:>9.2f} {r['docs_per_s']:>10.1f} {r['peak_rss_mb']:>8.0f}  {extra}")
+    if ok:
+        print(f"filter chain speed-up vs datatrove (Gopher+C4+GopherRepetition, on {dt_f} docs): "
+              f"{res['filter_speedup']:.1f}x")
+        print(f"MinHash speed-up vs datatrove (4 stages, on {dt_d} docs): {res['minhash_speedup']:.1f}x")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
