@@ -152,8 +152,9 @@ def backfill(
     """Run the stages job of `name` for many partitions (all registered shards when `partitions` is
     None), `parallel` runs at a time, each with the multiprocess executor; then refresh the catalog.
     `stages` limits the run to some stage assets (e.g. re-run one stage of one partition)."""
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
     import uuid
+    from concurrent.futures import ProcessPoolExecutor
 
     spec = shipped()[name]
     keys = list(partitions) if partitions else [s.key for s in ShardRegistry().all(name)]
@@ -165,28 +166,32 @@ def backfill(
     if unknown:
         raise KeyError(f"{name}: unknown partition(s) {unknown}; known: {sorted(known)}")
     tag = uuid.uuid4().hex[:8]
-    job = dg.build_reconstructable_job("dataflow_assets.definitions", "stages_job", reconstructable_args=(name,))
-    selection = [dg.AssetKey([name, s]) for s in stages] if stages else None
-
-    def one(key: str) -> dg.ExecuteJobResult:
-        with dg.execute_job(
-            job,
-            instance=inst,
-            tags={"dagster/partition": key, "dataflow/backfill": tag, "dataflow/pipeline": name},
-            asset_selection=selection,
-            run_config=QUIET,
-        ) as result:
-            return result.success, [e for e in result.all_events]
-
     summary = RunSummary(name, keys)
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        for ok, events in pool.map(one, keys):
-            summary.success &= ok
-            _collect_events(summary, events)
+    # One process per partition run (Dagster's run setup is not thread-safe); each run uses the
+    # multiprocess executor of the definitions, so stages of a run can also go in parallel.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=ctx) as pool:
+        runs = list(pool.map(_execute_partition, [(name, k, tag, tuple(stages or ())) for k in keys]))
+    for run_id, ok in runs:
+        summary.success &= ok
+        _collect_events(summary, [r.dagster_event for r in inst.all_logs(run_id) if r.dagster_event])
     summary.success &= refresh_catalog(spec).success
     export = home() / "exports" / name / "dataset.parquet"
     summary.export = str(export) if export.exists() else None
     return summary
+
+
+def _execute_partition(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, bool]:
+    name, key, tag, stages = args
+    job = dg.build_reconstructable_job("dataflow_assets.definitions", "stages_job", reconstructable_args=(name,))
+    with dg.execute_job(
+        job,
+        instance=instance(),
+        tags={"dagster/partition": key, "dataflow/backfill": tag, "dataflow/pipeline": name},
+        asset_selection=[dg.AssetKey([name, s]) for s in stages] or None,
+        run_config=QUIET,
+    ) as result:
+        return result.run_id, result.success
 
 
 def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:

@@ -150,6 +150,10 @@ class LoopbackLLMServer:
         self._started.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
+        pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for t in pending:  # handlers still sleeping (slow faults): cancel quietly
+            t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
     async def _astart(self) -> None:

@@ -43,7 +43,7 @@ class TextPretrainPipeline(Pipeline):
         line_punct_thr: float = 0.12,
         short_line_thr: float = 0.67,
         char_duplicates_ratio: float = 0.01,
-        minhash_threshold: float = 0.8,
+        minhash_threshold: float = 0.7,
         num_perm: int = 128,
         shingle_size: int = 5,
     ):

@@ -232,7 +232,7 @@ class MinhashDedupFilter(Filter):
 
     def __init__(
         self,
-        threshold: float = 0.8,
+        threshold: float = 0.7,
         num_perm: int = 128,
         shingle_size: int = 5,
         bands: int | None = None,
@@ -250,11 +250,19 @@ class MinhashDedupFilter(Filter):
         self.bands, self.rows = (bands, rows) if bands is not None else lsh_params(threshold, num_perm)
         self.seed, self.lowercase, self.strip_punct, self.block_shingles = seed, lowercase, strip_punct, block_shingles
 
-    def cluster_representatives(self, texts: pl.Series) -> np.ndarray:
-        x, off = shingle_hashes(texts, self.shingle_size, self.lowercase, self.strip_punct)
-        sig = minhash_signatures(x, off, self.num_perm, self.seed, self.block_shingles)
-        del x
-        return minhash_clusters(sig, self.bands, self.rows, self.threshold, eligible=np.diff(off) > 0)
+    def cluster_representatives(self, texts: pl.Series, chunk_docs: int = 5_000) -> np.ndarray:
+        """Representative row index of every text; signatures are computed `chunk_docs` texts at
+        a time so only one chunk's words and shingles are in memory."""
+        sigs, eligible = [], []
+        for start in range(0, len(texts), chunk_docs):
+            x, off = shingle_hashes(texts.slice(start, chunk_docs), self.shingle_size, self.lowercase, self.strip_punct)
+            sigs.append(minhash_signatures(x, off, self.num_perm, self.seed, self.block_shingles))
+            eligible.append(np.diff(off) > 0)
+            del x
+        if not sigs:
+            return np.zeros(0, dtype=np.int64)
+        sig = np.concatenate(sigs) if len(sigs) > 1 else sigs[0]
+        return minhash_clusters(sig, self.bands, self.rows, self.threshold, eligible=np.concatenate(eligible))
 
     def run(self, frame, cols):
         rep = self.cluster_representatives(frame.get_column(cols["text"]))

@@ -134,11 +134,10 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out) -> None:
 
 
 def _segment_max(best: np.ndarray, d: np.ndarray, v: np.ndarray) -> None:
-    """best[d] = max(best[d], v) for sorted document indices `d` (vectorised segment maximum)."""
+    """best[d] = max(best[d], v) for document indices `d` sorted ascending (positions come in
+    document order), as one vectorised segment maximum."""
     if len(d) == 0:
         return
-    order = np.argsort(d, kind="stable")
-    d, v = d[order], v[order]
     starts = np.concatenate(([0], np.nonzero(np.diff(d))[0] + 1))
     seg = np.maximum.reduceat(v, starts)
     best[d[starts]] = np.maximum(best[d[starts]], seg)

@@ -18,6 +18,7 @@ resource teardown (Dagster) / `close()` / interpreter exit.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Dict, Optional
 
 import dagster as dg
@@ -28,6 +29,7 @@ from .openai_backend import OpenAIClient
 from .servers import llamacpp_server, vllm_server
 
 BACKENDS = ("llamacpp", "openai", "vllm")
+_CLIENT_LOCK = threading.RLock()
 
 
 def make_client(
@@ -46,7 +48,7 @@ def make_client(
     max_retries: int = 4,
     retry_budget: int | None = None,
     schema_mode: str | None = None,
-    transport: str = "openai",
+    transport: str | None = None,
     cache: GenerationCache | str | bool | None = None,
     home: str | None = None,
     prices: tuple[float, float] = (0.0, 0.0),
@@ -62,9 +64,14 @@ def make_client(
     - "vllm": a managed `vllm serve model`, an existing one at `base_url`, or `in_process=True`
       for `vllm.LLM` in this process.
     The returned client has `close()` (stops a managed server) and is a context manager.
+    `transport` defaults to "openai" (AsyncOpenAI) for backend="openai" and to "aiohttp" for
+    llama.cpp / vLLM servers (same retries, classification and cache; ~5x less CPU per request).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    # HTTP transport: AsyncOpenAI for hosted APIs; the lean aiohttp path for local servers, where
+    # request rates are high enough for the openai package's per-request CPU cost to matter
+    transport = transport or ("openai" if backend == "openai" else "aiohttp")
     common = dict(
         api_key=api_key,
         max_retries=max_retries,
@@ -136,7 +143,7 @@ class LLMResource(dg.ConfigurableResource):
     n_threads: Optional[int] = Field(default=None, description="llama.cpp threads; default cores - 1")
     n_ctx: int = Field(default=2048, description="llama.cpp context size")
     schema_mode: Optional[str] = Field(default=None, description="json_schema | json_object | prompt (default per backend)")
-    transport: str = Field(default="openai", description="openai (AsyncOpenAI) | aiohttp (lean, for high request rates)")
+    transport: Optional[str] = Field(default=None, description="openai (AsyncOpenAI) | aiohttp (lean); default openai for backend=openai, aiohttp for local servers")
     home: Optional[str] = Field(default=None, description="project home; default $DATAFLOW_HOME or ./.dataflow")
     cache_path: Optional[str] = Field(default=None, description="cache file; default <home>/cache/llm.sqlite")
     use_cache: bool = True
@@ -174,9 +181,10 @@ class LLMResource(dg.ConfigurableResource):
 
     def client(self) -> Any:
         """The shared client (created on first use; a managed server starts on the first cache miss)."""
-        if self._client is None:
-            self._client = self._make()
-        return self._client
+        with _CLIENT_LOCK:
+            if self._client is None:
+                self._client = self._make()
+            return self._client
 
     def stats(self) -> Dict[str, Any]:
         """Counters so far: requests, cache_hits, generations, http_requests, retries, errors by kind,

@@ -91,6 +91,8 @@ class ManagedServer:
         self.health_path = health_path
         self.startup_timeout_s, self.stop_timeout_s = startup_timeout_s, stop_timeout_s
         self.env = env
+        # an automatic log file (temp dir) is removed after a clean stop; a given one is kept
+        self._own_log = log_path is None
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"dataflow-{name}-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -130,7 +132,7 @@ class ManagedServer:
             try:
                 self._wait_healthy()
             except BaseException:
-                self._stop_locked()
+                self._stop_locked(keep_log=True)
                 raise
             log.info("%s ready at %s (pid %d)", self.name, self.base_url, self.proc.pid)
             return self
@@ -163,7 +165,7 @@ class ManagedServer:
         with self._lock:
             self._stop_locked()
 
-    def _stop_locked(self) -> None:
+    def _stop_locked(self, keep_log: bool = False) -> None:
         proc = self.proc
         with _RUNNING_LOCK:
             _RUNNING.discard(self)
@@ -182,6 +184,9 @@ class ManagedServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
         self.proc = None
+        if self._own_log and not keep_log:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
 
     def __enter__(self) -> "ManagedServer":
         return self.start()

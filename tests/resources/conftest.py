@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.append(str(TESTS))  # appended, so `resources` still resolves to the project package
-
-from llm_server import LoopbackLLMServer  # noqa: E402
+from tests.llm_server import LoopbackLLMServer
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 import time
 
+from pathlib import Path
+
 from operators.llm import LLMRequest, LLMResult, SamplingParams
 from resources.llm import GenerationCache, cache_key, default_cache_path
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _req(content="hi", **kw):
@@ -91,7 +97,8 @@ def test_concurrent_processes_no_lost_writes(cache_path, tmp_path):
     GenerationCache(cache_path)  # create the table once
     n, writers = 80, 4
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(cache_path), str(w), str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, str(script), str(cache_path), str(w), str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         for w in range(writers)
     ]
     outs = [p.communicate(timeout=120) for p in procs]

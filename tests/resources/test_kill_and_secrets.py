@@ -37,7 +37,8 @@ def test_sigkill_mid_stage_loses_nothing_completed(server, cache_path, tmp_path)
     server.latency = (0.05, 0.25)
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), server.base_url, str(cache_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), server.base_url, str(cache_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 60
         while server.completed < 12 and time.monotonic() < deadline and proc.poll() is None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llm_server import echo_text
+from tests.llm_server import echo_text
 from operators.llm import ERROR_KINDS, LLMClient, LLMRequest, SamplingParams
 from resources.llm import OpenAIClient
 
@@ -167,6 +167,24 @@ def test_generate_inside_a_running_event_loop(server, cache_path):
     assert [r.ok for r in res] == [True] * 3
 
 
+def test_generate_from_worker_threads(server, cache_path):
+    import threading
+
+    c = client(server, cache_path)
+    out = {}
+
+    def work(k):
+        out[k] = c.generate(rows(4, f"thread-{k}"))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(r.ok and r.text == echo_text(f"thread-{k} row {r.id.rsplit('-', 1)[1]}") for k in range(3) for r in out[k])
+    assert server.requests == 12
+
+
 def test_agenerate_and_empty_batch(server, cache_path):
     c = client(server, cache_path)
     assert c.generate([]) == []
@@ -179,3 +197,23 @@ def test_connection_refused_is_a_row_error(cache_path):
     c = OpenAIClient(base_url="http://127.0.0.1:9/v1", model="x", cache=cache_path, max_retries=1, backoff_s=0.01, timeout_s=1)
     res = c.generate([LLMRequest(id="a", messages=[{"role": "user", "content": "x"}])])
     assert res[0].error == "connection" and res[0].id == "a"
+
+
+def test_helpers_retry_after_redaction_json():
+    import email.utils
+
+    from resources.llm.openai_backend import Redactor, extract_json, parse_retry_after, status_kind
+
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < parse_retry_after({"retry-after": when}) <= 31
+    assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
+    assert [status_kind(s) for s in (429, 408, 500, 503, 409, 400, 401, 404)] == [
+        "rate_limited", "timeout", "server_error", "server_error", "server_error", "client_error", "client_error", "client_error"]
+    red = Redactor("my-secret-key")
+    assert red("key my-secret-key, Authorization: Bearer abc.def sk-proj-ABCDEFGH1234") == "key ***, Authorization: Bearer *** sk-***"
+    assert extract_json('```json\n{"a": 1}\n```') == {"a": 1}
+    assert extract_json('Sure! {"a": [1, 2]} hope it helps') == {"a": [1, 2]}
+    with pytest.raises(ValueError):
+        extract_json("no json here")

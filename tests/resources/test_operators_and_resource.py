@@ -96,3 +96,21 @@ def test_make_client_backends(tmp_path):
     assert v.model == "vllm:org/m" and v.schema_mode == "json_schema"
     l = make_client("llamacpp", base_url="http://127.0.0.1:1/v1", cache=False)
     assert l.model.startswith("llamacpp:") and l.schema_mode == "json_object"
+
+
+def test_vllm_in_process_client_is_lazy(cache_path):
+    import pytest
+
+    from operators.llm import LLMRequest, LLMResult
+    from resources.llm import vllm_installed
+    from resources.llm.cache import GenerationCache, cache_key
+    from resources.llm.vllm_backend import VLLMClient
+
+    c = make_client("vllm", in_process=True, model="org/tiny", cache=str(cache_path))
+    assert isinstance(c, VLLMClient) and c.model == "vllm:org/tiny"
+    req = LLMRequest(id="a", messages=[{"role": "user", "content": "hi"}])
+    GenerationCache(cache_path).put(LLMResult(id="a", text="cached!", model=c.model, cache_key=cache_key(c.model, req, mode="vllm")))
+    assert c.generate([req])[0].text == "cached!"  # a cache hit needs no engine
+    if not vllm_installed():
+        with pytest.raises(ModuleNotFoundError, match="vllm is not installed"):
+            c.generate([LLMRequest(id="b", messages=[{"role": "user", "content": "miss"}])])

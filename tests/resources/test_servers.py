@@ -58,6 +58,7 @@ def test_start_health_use_stop(cache_path):
         assert res[0].text == "echo: managed"
     assert not srv.running
     assert wait_dead(pgid)
+    assert not srv.log_path.exists()  # a clean stop removes the automatic log
 
 
 def test_client_starts_managed_server_lazily_and_close_stops_it(cache_path):
@@ -81,7 +82,7 @@ ORPHAN = textwrap.dedent(
     import sys, time
     from resources.llm import ManagedServer
     srv = ManagedServer(sys.argv[1:], name="loopback", startup_timeout_s=30).start()
-    print(srv.proc.pid, flush=True)
+    print(srv.proc.pid, srv.log_path, flush=True)
     time.sleep(600)
     """
 )
@@ -90,13 +91,16 @@ ORPHAN = textwrap.dedent(
 def test_no_orphan_when_the_owner_is_sigkilled(tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(ORPHAN)
-    owner = subprocess.Popen([sys.executable, str(script), *LOOPBACK], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([sys.executable, str(script), *LOOPBACK], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        pgid = int(owner.stdout.readline())
+        pid, log_path = owner.stdout.readline().split()
+        pgid = int(pid)
         assert group_alive(pgid)
         owner.kill()  # SIGKILL: no atexit, no finally
         owner.wait(10)
         assert wait_dead(pgid, timeout=15), "managed server outlived its owner"
+        Path(log_path).unlink(missing_ok=True)
     finally:
         if owner.poll() is None:
             owner.kill()
@@ -107,6 +111,8 @@ def test_exit_before_healthy_raises_with_log_tail():
     with pytest.raises(ServerStartError, match="model file is corrupt"):
         srv.start()
     assert not srv.running
+    assert srv.log_path.exists()  # kept for diagnosis after a failed start
+    srv.log_path.unlink()
 
 
 def test_health_timeout_kills_the_group():
@@ -114,6 +120,7 @@ def test_health_timeout_kills_the_group():
     with pytest.raises(ServerStartError, match="not healthy"):
         srv.start()
     assert srv.proc is None
+    srv.log_path.unlink(missing_ok=True)
 
 
 def test_default_threads_leave_a_core_free():

@@ -32,6 +32,7 @@ ARTIFACTS = REPO / "artifacts" / "ui"
 DOCS_PNG = REPO / "docs" / "asset-graph.png"
 PIPELINE = "toy"  # tests/dagster/toy_defs.py: source -> lower -> {chars, min_words} -> dataset, catalog
 LOCATION = "toy"
+SHIPPED_LOCATION = "dataflow"  # dataflow_assets.definitions: its text_pt graph goes to docs/asset-graph.png
 STAGES = ["source", "lower", "chars", "min_words", "dataset"]
 CHECKS = ["schema", "non_empty", "unique_id", "kept_share_in_band"]
 CHROMIUM_FLAGS = [
@@ -74,7 +75,7 @@ class GraphQL:
 
 WORKSPACE_Q = """
 { workspaceOrError { __typename
-    ... on Workspace { locationEntries { name locationOrLoadError { __typename
+    ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename
         ... on RepositoryLocation { repositories { name } }
         ... on PythonError { message stack } } } }
     ... on PythonError { message } } }
@@ -131,6 +132,10 @@ def webserver(dataflow_home: Path, tmp_path: Path):
         "      module_name: tests.dagster.toy_defs\n"
         f"      working_directory: {json.dumps(str(REPO))}\n"
         f"      location_name: {LOCATION}\n"
+        "  - python_module:\n"  # the shipped pipelines: only for the README screenshot, may fail to load
+        "      module_name: dataflow_assets.definitions\n"
+        f"      working_directory: {json.dumps(str(REPO))}\n"
+        f"      location_name: {SHIPPED_LOCATION}\n"
     )
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
@@ -155,7 +160,7 @@ def webserver(dataflow_home: Path, tmp_path: Path):
                 entries = gql(WORKSPACE_Q, timeout=5)["workspaceOrError"]["locationEntries"]
                 state = {e["name"]: e["locationOrLoadError"] for e in entries}
                 loaded = state.get(LOCATION) or {}
-                if loaded.get("__typename") == "RepositoryLocation":
+                if loaded.get("__typename") == "RepositoryLocation" and all(e["loadStatus"] == "LOADED" for e in entries):
                     break
                 assert loaded.get("__typename") != "PythonError", loaded
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -165,7 +170,8 @@ def webserver(dataflow_home: Path, tmp_path: Path):
                 pytest.fail(f"dagster-webserver did not answer within 90 s:\n{log.read()[-4000:]}")
             time.sleep(0.5)
         repo_name = loaded["repositories"][0]["name"]
-        yield base, gql, {"repositoryLocationName": LOCATION, "repositoryName": repo_name}
+        shipped_ok = (state.get(SHIPPED_LOCATION) or {}).get("__typename") == "RepositoryLocation"
+        yield base, gql, {"repositoryLocationName": LOCATION, "repositoryName": repo_name}, shipped_ok
     finally:
         _stop(proc)
         log.close()
@@ -211,8 +217,9 @@ def _wait_for_run(gql: GraphQL, run_id: str, timeout: float = 120) -> dict:
 
 def test_ui_shows_assets_checks_and_row_counts(webserver, dataflow_home, tmp_path):
     chromium = _chromium()
-    sync_playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (dev extra)").sync_playwright
-    base, gql, selector = webserver
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (dev extra)")
+    sync_playwright, PlaywrightTimeout = playwright.sync_playwright, playwright.TimeoutError
+    base, gql, selector, shipped_ok = webserver
 
     # a shard of 4 records: one malformed (quarantined), one dropped by min_words
     data = tmp_path / "reviews.jsonl"
@@ -243,14 +250,23 @@ def test_ui_shows_assets_checks_and_row_counts(webserver, dataflow_home, tmp_pat
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.set_default_timeout(45_000)
 
+            dismissed = []
+
             def visit(path: str, wait_for: str) -> str:
                 page.goto(base + path)
-                skip = page.get_by_role("button", name="Skip")  # the first-visit "Join the community" dialog
                 page.get_by_text(wait_for, exact=True).first.wait_for()
-                if skip.count():
-                    skip.first.click()
-                    skip.first.wait_for(state="detached")
+                if not dismissed:  # the first-visit "Join the Dagster community" dialog pops up late
+                    skip = page.get_by_role("button", name="Skip")
+                    try:
+                        skip.wait_for(timeout=15_000)
+                    except PlaywrightTimeout:
+                        pass
+                    else:
+                        skip.click()
+                        skip.wait_for(state="detached")
+                    dismissed.append(True)
                 page.wait_for_load_state("networkidle")
+                assert page.get_by_role("dialog").count() == 0, "a dialog covers the page"
                 return page.inner_text("body")
 
             # the asset graph of the pipeline's group
@@ -261,9 +277,15 @@ def test_ui_shows_assets_checks_and_row_counts(webserver, dataflow_home, tmp_pat
             assert all(name in text for name in [*STAGES, "catalog"]), text[:2000]
             page.screenshot(path=ARTIFACTS / "asset-graph.png")
             if not DOCS_PNG.exists() or os.environ.get("DATAFLOW_UPDATE_DOCS") == "1":
+                if shipped_ok:  # the shipped text_pt pipeline for the README (a long chain: wide), else the toy graph
+                    page.set_viewport_size({"width": 2200, "height": 520})
+                    visit(f"/locations/{SHIPPED_LOCATION}/asset-groups/text_pt", "minhash_dedup")
+                    page.get_by_text("Hide navigation").first.click()
+                    page.wait_for_timeout(1500)
                 DOCS_PNG.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=DOCS_PNG)
                 assert DOCS_PNG.stat().st_size < 300_000
+                page.set_viewport_size({"width": 1200, "height": 620})
 
             # a stage asset's overview: latest materialisation metadata of the partition
             text = visit(f"/assets/{PIPELINE}/min_words?partition={shard.key}", "rows_out")

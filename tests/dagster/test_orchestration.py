@@ -1,0 +1,140 @@
+"""Partitions, backfills, sensors, corrupt shards, row tracing and the CLI on the shipped text pipeline."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from dataflow_assets.demo import demo_corpus, write_demo_corpus
+from dataflow_assets.runner import backfill, instance, register_shards, run_pipeline
+from dataflow_assets.pipelines import shipped
+from dataflow_assets.trace import format_trace, trace_row
+from sensors.inputs import input_sensor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _split_corpus(tmp_path: Path) -> list[Path]:
+    docs = demo_corpus()
+    a, b = tmp_path / "part_a.jsonl", tmp_path / "part_b.jsonl"
+    a.write_text("\n".join(json.dumps(d) for d in docs[: len(docs) // 2]) + "\n")
+    b.write_text("\n".join(json.dumps(d) for d in docs[len(docs) // 2 :]) + "\n")
+    return [a, b]
+
+
+def test_run_pipeline_on_demo_corpus_accounts_for_every_record(dataflow_home):
+    path = write_demo_corpus(dataflow_home / "corpus.jsonl")
+    summary = run_pipeline("text_pt", [path])
+    assert summary.success, summary.checks_failed
+    assert summary.records == len(demo_corpus()) + 3 and summary.quarantined == 3
+    assert summary.invariant_holds()
+    dropped = {r for s in summary.stages.values() for r in s.dropped}
+    assert {"wrong_language", "exact_duplicate", "near_duplicate"} <= dropped, dropped
+    kept = pl.read_parquet(summary.export).get_column("text").to_list()
+    assert 5 <= len(kept) <= 12
+    assert not any("Lorem ipsum" in t or "BUY NOW" in t for t in kept)
+    con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
+    assert con.execute("select count(*) from text_pt.minhash_dedup").fetchone()[0] == len(kept)
+    assert con.execute("select count(*) from text_pt.quarantine").fetchone()[0] == 3
+    con.close()
+
+
+def test_trace_shows_where_and_why_a_row_was_dropped(dataflow_home):
+    path = write_demo_corpus(dataflow_home / "corpus.jsonl")
+    run_pipeline("text_pt", [path])
+    store_source = pl.read_parquet(next((dataflow_home / "data" / "text_pt" / "source").glob("*.parquet")))
+    french = store_source.filter(pl.col("text").str.starts_with("La ville")).get_column("_id")[0]
+    steps = trace_row("text_pt", french)
+    language = next(s for s in steps if s["stage"] == "language")
+    assert language["status"] == "dropped" and language["reason"] == "wrong_language"
+    assert all(s["status"].startswith("absent") for s in steps[steps.index(language) + 1 :])
+    good = store_source.filter(pl.col("text").str.starts_with("Sourdough")).get_column("_id")[0]
+    kept_steps = trace_row("text_pt", good)
+    assert all(s["status"] == "present" for s in kept_steps)
+    assert "[minhash_dedup] present" in format_trace(kept_steps)
+
+
+def test_backfill_runs_partitions_in_parallel_with_multiprocess_executor(dataflow_home, tmp_path):
+    files = _split_corpus(tmp_path)
+    spec = shipped()["text_pt"]
+    shards = register_shards(spec, files)
+    summary = backfill("text_pt", [s.key for s in shards], parallel=2)
+    assert summary.success, summary.checks_failed
+    runs = instance().get_runs(filters=dg.RunsFilter(tags={"dataflow/pipeline": "text_pt"}))
+    assert len(runs) == 2 and all(r.is_success for r in runs)
+    assert {r.tags["dagster/partition"] for r in runs} == {s.key for s in shards}
+    con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
+    parts = con.execute("select count(distinct filename) from text_pt.source").fetchone()[0]
+    con.close()
+    assert parts == 2
+    assert summary.stages["source"].rows_out == len(demo_corpus())
+
+
+def test_corrupt_shard_fails_its_source_and_other_partitions_go_on(dataflow_home, tmp_path):
+    good = write_demo_corpus(tmp_path / "good.jsonl")
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"this is not gzip")
+    summary = run_pipeline("text_pt", [good, bad])
+    assert not summary.success
+    exports = pl.read_parquet(dataflow_home / "exports" / "text_pt" / "dataset.parquet")
+    assert exports.height > 0  # the good partition made it through
+    quarantine = pl.read_parquet(list((dataflow_home / "data" / "text_pt" / "_quarantine").glob("bad*.parquet"))[0])
+    assert quarantine.get_column("reason")[0].endswith("not a valid gzip file (Not a gzipped file (b'th'))")
+    runs = instance().get_runs()
+    failed = [r for r in runs if r.is_failure]
+    assert len(failed) == 1 and failed[0].tags["dagster/partition"].startswith("bad.jsonl.gz")
+
+
+def test_input_sensor_adds_partitions_once_and_reports_vanished_files(dataflow_home, monkeypatch, tmp_path):
+    inbox = tmp_path / "inbox"
+    monkeypatch.setenv("DATAFLOW_INPUTS", str(inbox))
+    folder = inbox / "text_pt"
+    folder.mkdir(parents=True)
+    write_demo_corpus(folder / "a.jsonl")
+    (folder / "notes.txt").write_text("ignored: not an input format")
+    sensor = input_sensor("text_pt")
+    inst = instance()
+
+    def tick(cursor):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=inst, cursor=cursor))
+
+    first = tick(None)
+    assert [r.partition_key.startswith("a.jsonl-") for r in first.run_requests] == [True]
+    assert first.dynamic_partitions_requests[0].partition_keys == [first.run_requests[0].partition_key]
+    second = tick(first.cursor)  # a restart with the same cursor repeats nothing
+    assert second.run_requests == [] and "no new or changed files" in second.skip_message
+    os.utime(folder / "a.jsonl", (time.time() + 5, time.time() + 5))  # touched, same content
+    assert tick(second.cursor).run_requests == []
+    (folder / "a.jsonl").write_text((folder / "a.jsonl").read_text() + json.dumps({"text": "one more document"}) + "\n")
+    write_demo_corpus(folder / "b.jsonl")
+    third = tick(second.cursor)
+    assert sorted(r.partition_key.split("-")[0] for r in third.run_requests) == ["a.jsonl", "b.jsonl"]
+    (folder / "b.jsonl").unlink()
+    fourth = tick(third.cursor)
+    assert "1 vanished" in fourth.skip_message
+    assert any(v.endswith("b.jsonl") for v in json.loads(fourth.cursor)["vanished"])
+
+
+def test_definitions_validate_and_cli_run(dataflow_home, tmp_path):
+    env = {**os.environ, "DATAFLOW_HOME": str(dataflow_home)}
+    bindir = Path(sys.executable).parent
+    validate = subprocess.run([bindir / "dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert validate.returncode == 0, validate.stderr[-2000:]
+    corpus = write_demo_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "out.jsonl"
+    run = subprocess.run([bindir / "dataflow", "run", "text_pt", "--input", str(corpus), "--output", str(out), "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["quarantined"] == 3 and summary["records"] == len(demo_corpus()) + 3
+    assert len(out.read_text().splitlines()) == summary["rows_out"] > 0
+    assert "minhash_dedup" in run.stdout and "quarantined" in run.stdout
+    ops = subprocess.run([bindir / "dataflow", "operators", "--json", "--domain", "text"], env=env, capture_output=True, text=True, timeout=120)
+    listed = json.loads(ops.stdout)
+    assert len(listed) >= 50 and all(o["doc"] and o["domain"] == "text" for o in listed)
