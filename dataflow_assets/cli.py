@@ -80,7 +80,9 @@ def _run_with_progress(name: str, inputs: list[Path], **kwargs: Any):
         tasks: dict[str, Any] = {}
 
         def on_event(event: dict[str, Any]) -> None:
-            task = tasks.setdefault("all", bar.add_task(f"{name}", total=len(stages) * max(1, len(inputs))))
+            if "all" not in tasks:
+                tasks["all"] = bar.add_task(name, total=len(stages) * max(1, len(inputs)))
+            task = tasks["all"]
             bar.update(task, advance=1, description=f"{name}: {event['stage']} ({event.get('rows', 0)} rows)")
 
         summary = run_pipeline(name, inputs, on_event=on_event, **kwargs)

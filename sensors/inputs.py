@@ -87,10 +87,11 @@ def input_sensor(pipeline: str, job_name: str | None = None, minimum_interval_se
             requests.append(dg.RunRequest(run_key=f"{shard.key}:{sha[:16]}", partition_key=shard.key, tags={"dataflow/input": str(path)}))
         for gone in vanished:
             context.log.warning(f"{pipeline}: input file disappeared: {gone} (its partition and outputs are kept)")
+        if keys:  # add them now, so the run requests below name partitions that exist
+            context.instance.add_dynamic_partitions(f"{pipeline}_shards", keys)
         cursor = json.dumps({"files": files, "vanished": sorted(set(state.get("vanished", [])) | set(vanished))})
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(f"{pipeline}_shards", keys)] if keys else [],
             cursor=cursor,
             skip_reason=None if requests else dg.SkipReason(f"no new or changed files in {folder}" + (f"; {len(vanished)} vanished" if vanished else "")),
         )

@@ -31,7 +31,8 @@ class LLMJudgeEvaluator(CoreLLMOperator, Evaluator):
         "llm_judge",
         "Rate the response to the instruction on a scale from {min_score} (worst) to {max_score} (best) "
         "for: {criteria}\n\nInstruction:\n{instruction}\n\nResponse:\n{response}\n\n"
-        'Reply in JSON: {{"score": <integer>, "rationale": "<one or two sentences>"}}.',
+        'Reply with a JSON object with two keys: "score" (an integer from {min_score} to {max_score}) and '
+        '"rationale" (one short sentence that explains the score).',
         "You are a strict, fair evaluator of assistant responses.",
     )
 
@@ -56,8 +57,14 @@ class LLMJudgeEvaluator(CoreLLMOperator, Evaluator):
     def schema(self):
         return schema_object(
             {
-                "score": {"type": "integer", "minimum": self.min_score, "maximum": self.max_score},
-                "rationale": {"type": "string"},
+                # the enum (beside min/max) lets grammar-constrained servers (llama.cpp) enforce the range
+                "score": {
+                    "type": "integer",
+                    "minimum": self.min_score,
+                    "maximum": self.max_score,
+                    "enum": list(range(self.min_score, self.max_score + 1)),
+                },
+                "rationale": {"type": "string", "maxLength": 240},
             }
         )
 

@@ -99,15 +99,18 @@ def test_input_sensor_adds_partitions_once_and_reports_vanished_files(dataflow_h
     folder.mkdir(parents=True)
     write_demo_corpus(folder / "a.jsonl")
     (folder / "notes.txt").write_text("ignored: not an input format")
+    from dataflow_assets.definitions import defs
+
     sensor = input_sensor("text_pt")
     inst = instance()
 
     def tick(cursor):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=inst, cursor=cursor))
+        with dg.partition_loading_context(dynamic_partitions_store=inst):
+            return sensor.evaluate_tick(dg.build_sensor_context(instance=inst, cursor=cursor, definitions=defs))
 
     first = tick(None)
     assert [r.partition_key.startswith("a.jsonl-") for r in first.run_requests] == [True]
-    assert first.dynamic_partitions_requests[0].partition_keys == [first.run_requests[0].partition_key]
+    assert inst.get_dynamic_partitions("text_pt_shards") == [first.run_requests[0].partition_key]
     second = tick(first.cursor)  # a restart with the same cursor repeats nothing
     assert second.run_requests == [] and "no new or changed files" in second.skip_message
     os.utime(folder / "a.jsonl", (time.time() + 5, time.time() + 5))  # touched, same content
