@@ -33,7 +33,7 @@ def test_llm_judge_scores_rows_by_id_with_schema_range():
     out = judge(frame)
 
     req = client.requests[0]
-    assert req.schema["properties"]["score"] == {"type": "integer", "minimum": 1, "maximum": 5}
+    assert req.schema["properties"]["score"] == {"type": "integer", "minimum": 1, "maximum": 5, "enum": [1, 2, 3, 4, 5]}
     assert req.schema["required"] == ["score", "rationale"]
     assert "i1 <<s5>>" in user_text(req) and "r1" in user_text(req) and "accuracy" in user_text(req)
     assert out.get_column("score").to_list() == [5, 2, 4]
