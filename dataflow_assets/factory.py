@@ -101,6 +101,8 @@ def stage_metadata(stage: Stage, frame_in: pl.DataFrame, out: pl.DataFrame, seco
         )
         if "cost_usd" in llm:
             meta["est_cost_usd"] = float(llm["cost_usd"])
+        if "http_retries" in llm:
+            meta["llm_http_retries"] = int(llm["http_retries"])
     return meta
 
 
@@ -275,11 +277,17 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -
         store: ParquetStore = context.resources.store
         partition = partition_of(context)
         frame = store.read(name, upstream, partition)
+        llm_before = None
         if op.needs_llm:
             op.llm = context.resources.llm.client()  # the one binding mechanism, as Pipeline.bind_llm
+            llm_before = _llm_stats(context.resources.llm)
         start = time.perf_counter()
         out = stage.run(frame)
         seconds = time.perf_counter() - start
+        if llm_before is not None and op.last_report is not None:
+            after = _llm_stats(context.resources.llm)
+            op.last_report.llm["cost_usd"] = round(after.get("est_cost_usd", 0.0) - llm_before.get("est_cost_usd", 0.0), 6)
+            op.last_report.llm["http_retries"] = after.get("retries", 0) - llm_before.get("retries", 0)
         store.write(name, stage.name, partition, out)
         report = op.last_report
         if report is not None and report.dropped_ids is not None:
@@ -294,6 +302,11 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -
         return dg.MaterializeResult(metadata=stage_metadata(stage, frame, out, seconds), check_results=results)
 
     return _asset
+
+
+def _llm_stats(resource: Any) -> dict[str, Any]:
+    stats = getattr(resource, "stats", None)
+    return dict(stats()) if callable(stats) else {}
 
 
 # --------------------------------------------------------------------------- export

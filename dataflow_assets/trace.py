@@ -15,7 +15,7 @@ import polars as pl
 
 from dataflow_assets.factory import SOURCE
 from dataflow_assets.pipelines import shipped
-from operators.base import ID
+from operators.base import ID, Pipeline
 from resources.storage import ParquetStore
 
 
@@ -37,18 +37,19 @@ def _prompt_from_cache(cache_key: str | None) -> dict[str, Any] | None:
     try:
         from resources.llm.cache import GenerationCache
 
-        entry = GenerationCache().get_many([cache_key]).get(cache_key)
+        cache = GenerationCache()
+        entry = cache.get_many([cache_key]).get(cache_key)
+        messages = cache.prompt(cache_key)
     except Exception:  # noqa: BLE001 - tracing must work without a cache
         return None
     if not entry:
         return None
-    messages = entry.get("messages")
-    return {"messages": json.loads(messages) if isinstance(messages, str) else messages, "response": entry.get("text")}
+    return {"messages": messages, "response": entry.get("text")}
 
 
-def trace_row(pipeline: str, row_id: str, partition: str | None = None) -> list[dict[str, Any]]:
-    spec = shipped()[pipeline]
-    stages = spec.pipeline.trace()
+def trace_row(pipeline: str, row_id: str, partition: str | None = None, obj: Pipeline | None = None) -> list[dict[str, Any]]:
+    """The row's journey through `pipeline` (a shipped pipeline's name, or pass the object as `obj`)."""
+    stages = (obj or shipped()[pipeline].pipeline).trace()
     store = ParquetStore()
     steps: list[dict[str, Any]] = []
     row, part = _find(store, pipeline, SOURCE, row_id, partition)

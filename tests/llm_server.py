@@ -76,7 +76,7 @@ def value_for(schema: dict[str, Any], echo: str) -> Any:
     if t == "array":
         return [value_for(schema.get("items", {"type": "string"}), echo)] * max(1, schema.get("minItems", 1))
     if t == "string":
-        return echo
+        return echo[: schema["maxLength"]] if "maxLength" in schema else echo
     if t == "integer":
         return len(echo)
     if t == "number":

@@ -2,7 +2,8 @@
 
 Line and paragraph duplication are Polars list expressions. The n-gram statistics hash every
 whitespace word once (Polars), then build n-gram hashes with numpy array arithmetic over the whole
-batch and count them with Polars hash tables: no per-document Python loop. Documents are processed
+batch, only at positions whose (n-1)-gram repeats, and count them with one packed sort per n: no
+per-document Python loop. Documents are processed
 in chunks of `chunk_words` words so memory stays bounded.
 """
 
@@ -22,32 +23,36 @@ _MULT = np.uint64(0x9E3779B97F4A7C15)
 _DOC_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
+# Rust regex's `\s` (Unicode White_Space): replacing each by a space and splitting on single
+# spaces (dropping empty pieces) gives exactly the words of `str.replace_all(r"\s+", " ")` +
+# strip + split, with an Aho-Corasick pass instead of a regex.
+_WHITESPACE = [chr(c) for c in (9, 10, 11, 12, 13, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
+                                0x202F, 0x205F, 0x3000)]
+
+
 def _word_arrays(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per word of every text (in order): document index, 64-bit hash, length; plus word counts."""
     frame = pl.DataFrame({"t": texts.fill_null("")}).with_row_index("doc")
-    words = frame.select(
-        "doc", pl.col("t").str.replace_all(r"\s+", " ").str.strip_chars(" ").str.split(" ").alias("w")
+    flat = (
+        frame.lazy()
+        .select("doc", pl.col("t").str.replace_many(_WHITESPACE, [" "] * len(_WHITESPACE)).str.split(" ").alias("w"))
+        .explode("w")
+        .filter(pl.col("w") != "")
+        .select(
+            pl.col("doc").cast(pl.UInt32), pl.col("w").hash(seed=7).alias("h"), pl.col("w").str.len_chars().alias("l")
+        )
+        .collect()
     )
-    counts = words.select(
-        pl.when(pl.col("w").list.first() == "").then(0).otherwise(pl.col("w").list.len()).alias("n")
-    ).to_series().to_numpy()
-    flat = words.explode("w").filter(pl.col("w").is_not_null() & (pl.col("w") != ""))
-    flat = flat.select(
-        pl.col("doc").cast(pl.UInt32), pl.col("w").hash(seed=7).alias("h"), pl.col("w").str.len_chars().alias("l")
-    )
-    return (
-        flat.get_column("doc").to_numpy(),
-        flat.get_column("h").to_numpy(),
-        flat.get_column("l").to_numpy().astype(np.int64),
-        counts.astype(np.int64),
-    )
+    doc = flat.get_column("doc").to_numpy()
+    counts = np.bincount(doc, minlength=len(texts)).astype(np.int64)
+    return doc, flat.get_column("h").to_numpy(), flat.get_column("l").to_numpy().astype(np.int64), counts
 
 
 def ngram_repetition(
     texts: pl.Series,
     top_ns: Iterable[int] = (2, 3, 4),
     dup_ns: Iterable[int] = (5, 6, 7, 8, 9, 10),
-    chunk_words: int = 4_000_000,
+    chunk_words: int = 2_000_000,
 ) -> dict[str, np.ndarray]:
     """Character counts behind Gopher's n-gram rules, one value per text:
 
@@ -77,70 +82,104 @@ def ngram_repetition(
     return out
 
 
+def _group(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group equal 64-bit keys: (order, starts, counts) where `order` lists the indices of `key`
+    group by group, each group in ascending index order, `starts` are the groups' offsets in
+    `order` and `counts` their sizes.
+
+    One plain sort of packed words (the key's high bits, then the index in the low bits) instead
+    of an argsort: equal keys come out together with their indices ascending. Two different
+    keys whose high bits agree (rare) are detected against the full key and re-sorted exactly."""
+    k = len(key)
+    bits = max(1, int(k - 1).bit_length())
+    low = np.uint64((1 << bits) - 1)
+    packed = (key & ~low) | np.arange(k, dtype=np.uint64)
+    packed.sort()
+    order = (packed & low).astype(np.int64)
+    del packed
+    full = key[order]
+    same = full[1:] == full[:-1]
+    hi = full >> np.uint64(bits)
+    same_hi = hi[1:] == hi[:-1]
+    bad = same_hi & ~same
+    if bad.any():  # high-bit collision of different keys: sort those runs by (run, key, index)
+        run_start = np.concatenate(([True], ~same_hi))
+        run_id = np.cumsum(run_start) - 1
+        bad_runs = np.unique(run_id[1:][bad])
+        sel = np.nonzero(np.isin(run_id, bad_runs))[0]
+        sub = order[sel]
+        o = np.lexsort((sub, key[sub], run_id[sel]))
+        order[sel] = sub[o]
+        full = key[order]
+        same = full[1:] == full[:-1]
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    counts = np.diff(np.append(starts, k))
+    return order, starts, counts
+
+
 def _ngram_chunk(texts, offset, top_ns, dup_ns, out) -> None:
-    doc, h, ln, _ = _word_arrays(texts)
+    doc, h, ln, counts = _word_arrays(texts)
     m, n_docs = len(doc), len(texts)
     if m == 0:
         return
     cs = np.concatenate(([0], np.cumsum(ln)))
-    doc_key = doc.astype(np.uint64) * _DOC_MIX
+    word_end = np.cumsum(counts)
+    rem = word_end[doc] - np.arange(m)  # words from each position to the end of its text
+    has_words = np.nonzero(counts > 0)[0]
+    word_start = (word_end - counts)[has_words]
+    max_n = max(top_ns + dup_ns, default=1)
     # candidates: positions whose (n-1)-gram is repeated in its text; an n-gram can only repeat
-    # where its prefix does, so the counting shrinks quickly with n.
-    cand = np.arange(m)
+    # where its prefix does, so the counting shrinks quickly with n. `g` is the hash of the
+    # n-gram starting at each candidate, built up n by n.
+    cand = np.nonzero(rem >= 2)[0]
+    g = h[cand]
     with np.errstate(over="ignore"):
-        g = h.copy()  # hash of the n-gram starting at each position, built up n by n
-        for n in range(2, max(top_ns + dup_ns, default=1) + 1):
-            k = m - n + 1
-            if k <= 0:
-                break
-            g = g[:k] * _MULT + h[n - 1 :]
-            valid = doc[:k] == doc[n - 1 :]
-            cand = cand[cand < k]
-            cand = cand[valid[cand]]
-            if len(cand) == 0 and n not in top_ns:
-                break
-            key = g[cand] ^ doc_key[cand]
-            _, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-            cnt = counts[inverse]
+        for n in range(2, max_n + 1):
+            if len(cand):
+                keep = rem[cand] >= n
+                cand, g = cand[keep], g[keep]
+                g = g * _MULT + h[cand + (n - 1)]
             if n in top_ns:
-                vidx = np.nonzero(valid)[0]
-                if len(vidx):
-                    chars = cs[vidx + n] - cs[vidx] + (n - 1)  # count 1 for every valid n-gram
-                    best = np.zeros(n_docs, dtype=np.int64)
-                    _segment_max(best, doc[vidx], chars)
-                    rep_c, rep_n = cand[cnt > 1], cnt[cnt > 1]
-                    if len(rep_c):  # texts with a repeated n-gram: the most frequent, then longest
-                        top_count = np.zeros(n_docs, dtype=np.int64)
-                        _segment_max(top_count, doc[rep_c], rep_n)
-                        is_top = rep_n == top_count[doc[rep_c]]
-                        rc = rep_c[is_top]
-                        v = (cs[rc + n] - cs[rc] + (n - 1)) * rep_n[is_top]
-                        has_rep = top_count > 0
-                        best[has_rep] = 0
-                        _segment_max(best, doc[rc], v)
+                best = np.zeros(n_docs, dtype=np.int64)
+                # texts without a repeated n-gram: the longest n-gram (count 1)
+                win = np.zeros(m, dtype=np.int64)
+                k = m - n + 1
+                if k > 0:
+                    win[:k] = np.where(rem[:k] >= n, cs[n:] - cs[:k] + (n - 1), 0)
+                best[has_words] = np.maximum.reduceat(win, word_start)
+            if len(cand) == 0:
+                if n in top_ns:
                     out[f"top_{n}"][offset : offset + n_docs] = best
-            if n in dup_ns and len(cand):
-                rep = first[inverse] != np.arange(len(cand))  # not the first occurrence in its text
-                if rep.any():
-                    starts = np.zeros(m + 1, dtype=np.int64)
-                    starts[cand[rep] + 1] = 1
-                    cstarts = np.cumsum(starts)  # cstarts[j + 1] = repeated starts at positions <= j
-                    pos = np.arange(m)
-                    covered = (cstarts[pos + 1] - cstarts[np.maximum(pos - n + 1, 0)]) > 0
+                if not any(x > n for x in top_ns):
+                    break
+                continue
+            d = doc[cand]
+            order, starts, cnt = _group(g ^ (d.astype(np.uint64) * _DOC_MIX))
+            rep_group = cnt > 1
+            if n in top_ns:
+                if rep_group.any():  # the most frequent repeated n-gram, then the longest
+                    p = cand[order[starts[rep_group]]]
+                    c = cnt[rep_group].astype(np.int64)
+                    comb = (c << 40) | ((cs[p + n] - cs[p] + (n - 1)) * c)
+                    top = np.zeros(n_docs, dtype=np.int64)
+                    np.maximum.at(top, doc[p], comb)
+                    has_rep = top > 0
+                    best[has_rep] = top[has_rep] & ((1 << 40) - 1)
+                out[f"top_{n}"][offset : offset + n_docs] = best
+            if n in dup_ns:
+                later = np.ones(len(order), dtype=bool)
+                later[starts] = False  # not the first occurrence in its text
+                if later.any():
+                    s = np.sort(cand[order[later]])
+                    # words covered by the repeated n-grams [s, s + n): merge overlapping spans
+                    run = np.flatnonzero(np.concatenate(([True], s[1:] >= s[:-1] + n)))
+                    last = np.append(run[1:], len(s)) - 1
+                    chars = cs[s[last] + n] - cs[s[run]]
                     out[f"dup_{n}"][offset : offset + n_docs] = np.bincount(
-                        doc[covered], weights=ln[covered], minlength=n_docs
+                        doc[s[run]], weights=chars, minlength=n_docs
                     ).astype(np.int64)
-            cand = cand[cnt > 1]
-
-
-def _segment_max(best: np.ndarray, d: np.ndarray, v: np.ndarray) -> None:
-    """best[d] = max(best[d], v) for document indices `d` sorted ascending (positions come in
-    document order), as one vectorised segment maximum."""
-    if len(d) == 0:
-        return
-    starts = np.concatenate(([0], np.nonzero(np.diff(d))[0] + 1))
-    seg = np.maximum.reduceat(v, starts)
-    best[d[starts]] = np.maximum(best[d[starts]], seg)
+            sel = np.sort(order[np.repeat(rep_group, cnt)])
+            cand, g = cand[sel], g[sel]
 
 
 def _pairs(pairs) -> tuple[tuple[int, float], ...]:

@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS generations (
 """
 
 
+# The rendered messages behind each cached answer, so `dataflow trace` can show the exact prompt.
+_PROMPTS_DDL = "CREATE TABLE IF NOT EXISTS prompts (key TEXT PRIMARY KEY, messages TEXT NOT NULL) WITHOUT ROWID"
+
+
 class GenerationCache:
     """SQLite-backed cache of successful generations, keyed by `cache_key()`.
 
@@ -103,6 +107,7 @@ class GenerationCache:
         self.retries = retries
         self._local = threading.local()
         self._retry(lambda c: c.execute(_DDL))
+        self._retry(lambda c: c.execute(_PROMPTS_DDL))
 
     # -- connections ------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -190,7 +195,14 @@ class GenerationCache:
         """Persist one successful result now (its own transaction). Errors are never stored."""
         self.put_many([result])
 
-    def put_many(self, results: Iterable[LLMResult]) -> int:
+    def prompt(self, key: str) -> list[dict[str, Any]] | None:
+        """The messages that produced the cached answer under `key`, when recorded."""
+        row = self._retry(lambda c: c.execute("SELECT messages FROM prompts WHERE key = ?", (key,)).fetchone())
+        return json.loads(row[0]) if row else None
+
+    def put_many(self, results: Iterable[LLMResult], prompts: dict[str, Any] | None = None) -> int:
+        """Persist successful results (one transaction); `prompts` maps cache key -> messages."""
+        results = list(results)
         rows = [
             (
                 r.cache_key,
@@ -213,6 +225,11 @@ class GenerationCache:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                if prompts:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO prompts VALUES (?, ?)",
+                        [(r[0], json.dumps(list(prompts[r[0]]), ensure_ascii=False)) for r in rows if r[0] in prompts],
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -443,7 +443,7 @@ class OpenAIClient:
                 batch = pending[:]
                 pending.clear()
                 try:
-                    self.cache.put_many(batch)
+                    self.cache.put_many(batch, prompts={k: reqs[ix[0]].messages for k, ix in groups.items()})
                 except Exception as err:  # a cache failure must not lose the answers
                     log.warning("llm cache write failed: %s", self._redact(err))
 
