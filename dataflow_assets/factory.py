@@ -360,9 +360,13 @@ def assemble_export(name: str) -> dict[str, Any]:
     files = sorted((folder / "partitions").glob("*.parquet"))
     if not files:
         return {"export_rows": 0}
-    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-    write_parquet_atomic(frame, folder / "dataset.parquet")
-    write_text_atomic(_to_jsonl(frame), folder / "dataset.jsonl")
+    # streamed (sink_*), so memory stays bounded by Polars' batches, not by the whole dataset
+    lazy = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+    for target, sink in (("dataset.parquet", lazy.sink_parquet), ("dataset.jsonl", lazy.sink_ndjson)):
+        tmp = folder / f".{target}.tmp"
+        sink(tmp)
+        tmp.replace(folder / target)
+    rows = pl.scan_parquet(folder / "dataset.parquet").select(pl.len()).collect().item()
     manifests = [json.loads(f.with_suffix(".manifest.json").read_text()) for f in files if f.with_suffix(".manifest.json").exists()]
-    write_text_atomic(json.dumps({"pipeline": name, "rows": frame.height, "partitions": manifests}, indent=2), folder / "manifest.json")
-    return {"export_rows": frame.height, "export_path": str(folder / "dataset.parquet")}
+    write_text_atomic(json.dumps({"pipeline": name, "rows": rows, "partitions": manifests}, indent=2), folder / "manifest.json")
+    return {"export_rows": rows, "export_path": str(folder / "dataset.parquet")}

@@ -70,14 +70,14 @@ def resources() -> dict[str, Any]:
 
 def register_shards(spec: ShippedPipeline, inputs: Sequence[Path], rows_per_shard: int | None = None) -> list[Shard]:
     """Add each input (or each `rows_per_shard` slice of it) to the shard registry and the instance."""
-    from operators.io import read_input
+    from operators.io import count_records
 
     registry = ShardRegistry()
     shards = []
     for path in inputs:
         path = Path(path)
         if rows_per_shard:
-            total = read_input(path, {}).records
+            total = count_records(path)
             for start in range(0, max(total, 1), rows_per_shard):
                 shards.append(registry.add(spec.name, path, start, start + rows_per_shard))
         else:
@@ -106,7 +106,7 @@ def refresh_catalog(spec: ShippedPipeline, res: dict[str, Any] | None = None) ->
 
 
 def run_pipeline(
-    name: str,
+    name: "str | ShippedPipeline",
     inputs: Sequence[Path],
     *,
     output: Path | None = None,
@@ -114,10 +114,13 @@ def run_pipeline(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     res: dict[str, Any] | None = None,
 ) -> RunSummary:
-    specs = shipped()
-    if name not in specs:
-        raise KeyError(f"unknown pipeline {name!r}; shipped pipelines: {sorted(specs)}")
-    spec = specs[name]
+    if isinstance(name, ShippedPipeline):
+        spec, name = name, name.name
+    else:
+        specs = shipped()
+        if name not in specs:
+            raise KeyError(f"unknown pipeline {name!r}; shipped pipelines: {sorted(specs)}")
+        spec = specs[name]
     shards = register_shards(spec, inputs, rows_per_shard)
     summary = RunSummary(name, [s.key for s in shards])
     from dataflow_assets import progress

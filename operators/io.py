@@ -17,7 +17,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import polars as pl
 
@@ -122,25 +122,28 @@ def read_input(
     fmt, gz = detect_format(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    q = _Quarantine(str(path))
+    # Streamed formats: only the requested slice is held in memory (bounded by the shard size).
+    if fmt == "parquet" and not gz:
+        return _read_parquet_slice(path, required, rename, q, start, stop)
+    if fmt == "jsonl":
+        return _read_jsonl(_lines(path, gz), required, rename, q, start, stop, max_record_bytes)
     data = path.read_bytes()
     if gz:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as err:
             raise InputError(f"{path}: not a valid gzip file ({err})") from err
-    q = _Quarantine(str(path))
     if not data.strip():
         q.add(0, None, "empty file", "")
         return ReadResult(pl.DataFrame(schema=required), q.frame(), 0)
-    if fmt == "jsonl":
-        return _read_jsonl(data, required, rename, q, start, stop, max_record_bytes)
     if fmt == "json":
         try:
             records = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             # some ".json" files are really jsonl
             if data.lstrip()[:1] == b"{":
-                return _read_jsonl(data, required, rename, q, start, stop, max_record_bytes)
+                return _read_jsonl(iter(data.split(b"\n")), required, rename, q, start, stop, max_record_bytes)
             raise InputError(f"{path}: not valid JSON ({err})") from err
         if isinstance(records, dict):
             records = [records]
@@ -156,10 +159,30 @@ def read_input(
     return _check_frame(frame, required, rename, q, start, stop, path)
 
 
-def _read_jsonl(data, required, rename, q, start, stop, max_bytes) -> ReadResult:
-    lines = [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+def _lines(path: Path, gz: bool) -> Iterator[bytes]:
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as fh:
+            for line in fh:
+                yield line.rstrip(b"\r\n")
+    except (OSError, EOFError) as err:
+        raise InputError(f"{path}: not a valid gzip file ({err})" if gz else f"{path}: cannot read ({err})") from err
+
+
+def _read_jsonl(lines: Iterable[bytes], required, rename, q, start, stop, max_bytes) -> ReadResult:
+    """Records are the non-blank lines; only those in [start, stop) are parsed and kept."""
     records: list[tuple[int, Any]] = []
-    for n, line in lines[start:stop]:
+    index, seen = -1, 0
+    lo, hi = start or 0, stop
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        index += 1
+        if index < lo:
+            continue
+        if hi is not None and index >= hi:
+            break
+        seen += 1
         if len(line) > max_bytes:
             q.add(n, None, f"record of {len(line)} bytes exceeds the limit of {max_bytes}", line[:RAW_PREVIEW])
             continue
@@ -172,9 +195,37 @@ def _read_jsonl(data, required, rename, q, start, stop, max_bytes) -> ReadResult
             records.append((n, json.loads(text)))
         except json.JSONDecodeError as err:
             q.add(n, None, f"invalid JSON: {err.msg} at column {err.colno}", text)
+    if index < 0 and not start:
+        q.add(0, None, "empty file", "")
     result = _check_records(records, required, rename, q)
-    result.records = len(lines[start:stop])
+    result.records = seen
     return result
+
+
+def _read_parquet_slice(path: Path, required, rename, q, start, stop) -> ReadResult:
+    try:
+        lazy = pl.scan_parquet(path)
+        if start is not None or stop is not None:
+            s = start or 0
+            lazy = lazy.slice(s, (stop - s) if stop is not None else None)
+        frame = lazy.collect()
+    except Exception as err:  # noqa: BLE001 - polars raises several error types for a corrupt file
+        raise InputError(f"{path}: not a readable parquet file ({err})") from err
+    return _check_frame(frame, required, rename, q, None, None, path, offset=start or 0)
+
+
+def count_records(path: str | Path) -> int:
+    """Records in a file without holding it in memory (parquet metadata; non-blank jsonl lines)."""
+    path = Path(path)
+    fmt, gz = detect_format(path)
+    if fmt == "parquet" and not gz:
+        try:
+            return pl.scan_parquet(path).select(pl.len()).collect().item()
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"{path}: not a readable parquet file ({err})") from err
+    if fmt == "jsonl":
+        return sum(1 for line in _lines(path, gz) if line.strip())
+    return read_input(path, {}).records
 
 
 def _check_records(numbered, required, rename, q) -> ReadResult:
@@ -245,7 +296,7 @@ def _read_csv(data, required, rename, q, start, stop) -> ReadResult:
     return ReadResult(frame, q.frame(), len(rows))
 
 
-def _check_frame(frame, required, rename, q, start, stop, path) -> ReadResult:
+def _check_frame(frame, required, rename, q, start, stop, path, offset: int = 0) -> ReadResult:
     if rename:
         frame = frame.rename({k: v for k, v in rename.items() if k in frame.columns})
     if start is not None or stop is not None:
@@ -254,7 +305,7 @@ def _check_frame(frame, required, rename, q, start, stop, path) -> ReadResult:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: required column(s) {missing} not in the file (columns: {frame.columns})")
-    frame = frame.with_row_index("__row", offset=(start or 0) + 1)
+    frame = frame.with_row_index("__row", offset=(start or offset or 0) + 1)
     reasons = []
     for name, dtype in required.items():
         ok_type = frame.schema[name] == dtype or (dtype == pl.Float64 and frame.schema[name].is_numeric())

@@ -87,11 +87,10 @@ def duplicate_stats(items: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """(number of items, number of repeated items, characters in repeated items) of a list column:
     an item is repeated when an equal item came before it (datatrove's `find_duplicates`)."""
     n = items.list.len()
-    dup_mask = items.list.eval(~pl.element().is_first_distinct())
-    n_dup = dup_mask.list.sum()
-    dup_chars = items.list.eval(
-        pl.element().filter(~pl.element().is_first_distinct()).str.len_chars()
-    ).list.sum()
+    # one pass per list: the lengths of the repeated items give both their number and characters
+    dup_lens = items.list.eval(pl.element().filter(~pl.element().is_first_distinct()).str.len_chars())
+    n_dup = dup_lens.list.len()
+    dup_chars = dup_lens.list.sum()
     return n, n_dup, dup_chars
 
 
@@ -102,7 +101,8 @@ def paragraphs_list(text: pl.Expr) -> pl.Expr:
 
 def line_runs_list(text: pl.Expr) -> pl.Expr:
     """Lines split on runs of newlines (Gopher repetition: `re.split("\\n+")`)."""
-    return text.str.replace_all(r"\n+", "\n").str.split("\n")
+    # only runs of 2+ newlines need collapsing (rare matches: one fast scan)
+    return text.str.replace_all(r"\n{2,}", "\n").str.split("\n")
 
 
 # --------------------------------------------------------------------------- filter base

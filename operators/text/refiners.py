@@ -11,6 +11,7 @@ from operators.text._common import (
     C4_POLICY_SUBSTRINGS,
     CITATION_PATTERN,
     alternation,
+    compute,
 )
 
 URL_PATTERN = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"
@@ -305,7 +306,9 @@ def c4_clean_lines(
             ends = ends | line.str.ends_with(p)
         conds.append(ends & ~line.str.ends_with("..."))
     if min_words_per_line and min_words_per_line > 0:
-        conds.append(stripped.str.count_matches(r"\S+") >= min_words_per_line)
+        # at least k whitespace-separated words <=> one match of k non-space runs (stops early)
+        k = min_words_per_line
+        conds.append(stripped.str.contains(r"\S" + r"\s+\S+" * (k - 2) + r"\s+\S" if k > 1 else r"\S"))
     lower = line.str.to_lowercase()
     if filter_javascript:
         conds.append(~lower.str.contains("javascript", literal=True))
@@ -347,6 +350,14 @@ class C4LineCleaner(Refiner):
 
     def refine(self, text, cols):
         return c4_clean_lines(text, **self.kw).list.join("\n").str.strip_chars()
+
+    def run(self, frame, cols):
+        # the per-line lists are large: evaluate in streaming morsels (bounded memory, parallel)
+        col = cols["text"]
+        new = compute(frame, {col: self.refine(pl.col(col), cols)}).get_column(col)
+        out = frame.with_columns(new)
+        self.last_report.modified = int(frame.get_column(col).ne_missing(new).sum()) if frame.height else 0
+        return out
 
 
 @register

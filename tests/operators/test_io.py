@@ -110,3 +110,18 @@ def test_real_dolma_fixture_reads_cleanly():
     res = read_input(path, REQ)
     assert res.frame.height == 10 and res.quarantined == 0
     assert res.frame.get_column("text").str.len_chars().min() > 0
+
+
+def test_parquet_and_gzip_jsonl_slices_stream_and_count(tmp_path):
+    from operators.io import count_records
+
+    frame = pl.DataFrame({"text": [f"doc {i}" if i != 7 else None for i in range(20)]})
+    pq = tmp_path / "big.parquet"
+    frame.write_parquet(pq, row_group_size=5)
+    res = read_input(pq, REQ, start=5, stop=10)
+    assert res.frame.get_column("text").to_list() == ["doc 5", "doc 6", "doc 8", "doc 9"]
+    assert res.quarantine.get_column("row").to_list() == [8]  # 1-based row in the file, not in the slice
+    gz = tmp_path / "big.jsonl.gz"
+    gz.write_bytes(gzip.compress(b"\n".join(json.dumps({"text": t}).encode() for t in frame["text"]) + b"\n\n"))
+    assert count_records(pq) == count_records(gz) == 20
+    assert read_input(gz, REQ, start=18).frame.get_column("text").to_list() == ["doc 18", "doc 19"]
