@@ -68,12 +68,23 @@ def safe_div(num: pl.Expr, den: pl.Expr, empty: float = 0.0) -> pl.Expr:
     return (num.cast(pl.Float64) / den.cast(pl.Float64)).fill_nan(empty)
 
 
-def compute(frame: pl.DataFrame, exprs: Mapping[str, pl.Expr]) -> pl.DataFrame:
+COMPUTE_CHUNK_ROWS = 10_000
+
+
+def compute(frame: pl.DataFrame, exprs: Mapping[str, pl.Expr], chunk_rows: int | None = None) -> pl.DataFrame:
     """Evaluate named expressions once each, in parallel (Polars' streaming engine splits the rows
-    into morsels across threads; row order is kept)."""
+    into morsels across threads; row order is kept). Frames longer than `chunk_rows` (default
+    COMPUTE_CHUNK_ROWS) are evaluated slice by slice, so the intermediate lists (lines, words) of
+    only one slice are alive at a time: bounded memory, same values (every expression is row-wise)."""
     if frame.height == 0:
         return frame.lazy().select(**exprs).collect()
-    return frame.lazy().select(**exprs).collect(engine="streaming")
+    rows = chunk_rows or COMPUTE_CHUNK_ROWS
+    if frame.height <= rows:
+        return frame.lazy().select(**exprs).collect(engine="streaming")
+    parts = [
+        frame.slice(i, rows).lazy().select(**exprs).collect(engine="streaming") for i in range(0, frame.height, rows)
+    ]
+    return pl.concat(parts, rechunk=False)
 
 
 def lines_list(text: pl.Expr, nonempty: bool = False) -> pl.Expr:

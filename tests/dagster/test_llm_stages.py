@@ -140,3 +140,38 @@ def test_killed_run_reexecuted_from_failure_repeats_no_completed_call(dataflow_h
         assert len(srv.bodies) - sent_before == (n - cached_before) + n
         out = ParquetStore().read("answer", "judge", key)
         assert out.height == n and out["answer"].null_count() == 0 and out["score"].null_count() == 0
+
+
+def test_api_key_reaches_the_server_but_no_metadata_log_or_file(dataflow_home, tmp_path, monkeypatch, capfd):
+    from dagster._serdes import serialize_value
+
+    from resources.llm import LLMResource
+    from tests.dagster import llm_defs
+
+    secret = "sk-test-NEVER-LOG-7f3a9c2e51"
+    monkeypatch.setenv("TEST_LLM_KEY", secret)
+    with LoopbackLLMServer() as srv:
+        path = tmp_path / "questions.jsonl"
+        # the 401 fault answers with the bearer key quoted in its error message, as OpenAI does
+        path.write_text("".join(json.dumps({"question": q}) + "\n" for q in ["what is 1+1?", "what is 2+2? #fault=401*"]))
+        shard = ShardRegistry().add("answer", path)
+        inst = dg.DagsterInstance.get()
+        inst.add_dynamic_partitions("answer_shards", [shard.key])
+        llm = LLMResource(backend="openai", base_url=srv.base_url, model="echo", api_key=dg.EnvVar("TEST_LLM_KEY"))
+        result = dg.materialize(
+            [a for a in llm_defs.ASSETS if a.key.path[-1] != "catalog"],
+            partition_key=shard.key,
+            instance=inst,
+            resources={"store": ParquetStore(), "llm": llm},
+            raise_on_error=False,
+        )
+        assert any(secret in h for h in srv.auth_headers)  # the key was really used
+    out = ParquetStore().read("answer", "answer", shard.key)
+    assert out.get_column("answer_meta").struct.field("error").to_list().count("client_error") == 1
+    events = "".join(serialize_value(r) for r in inst.all_logs(result.run_id))
+    assert "llm_calls" in events and secret not in events
+    for f in dataflow_home.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    captured = capfd.readouterr()
+    assert secret not in captured.out and secret not in captured.err
