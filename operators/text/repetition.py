@@ -160,11 +160,15 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out) -> None:
                 if rep_group.any():  # the most frequent repeated n-gram, then the longest
                     p = cand[order[starts[rep_group]]]
                     c = cnt[rep_group].astype(np.int64)
-                    comb = (c << 40) | ((cs[p + n] - cs[p] + (n - 1)) * c)
+                    dp = doc[p]
+                    top_count = np.zeros(n_docs, dtype=np.int64)
+                    np.maximum.at(top_count, dp, c)
+                    is_top = c == top_count[dp]
                     top = np.zeros(n_docs, dtype=np.int64)
-                    np.maximum.at(top, doc[p], comb)
-                    has_rep = top > 0
-                    best[has_rep] = top[has_rep] & ((1 << 40) - 1)
+                    pt = p[is_top]
+                    np.maximum.at(top, dp[is_top], (cs[pt + n] - cs[pt] + (n - 1)) * c[is_top])
+                    has_rep = top_count > 0
+                    best[has_rep] = top[has_rep]
                 out[f"top_{n}"][offset : offset + n_docs] = best
             if n in dup_ns:
                 later = np.ones(len(order), dtype=bool)
