@@ -203,14 +203,14 @@ class Refiner(Operator):
 
     def run(self, frame: pl.DataFrame, cols: dict[str, str | None]) -> pl.DataFrame:
         col = cols["text"]
-        new = self.refine(pl.col(col), cols).alias(col)
-        out = frame.with_columns(new)
-        if frame.height:
-            changed = frame.get_column(col).ne_missing(out.get_column(col))
-            self.last_report.modified = int(changed.sum())
-        else:
-            self.last_report.modified = 0
+        out = frame.with_columns(self.refine(pl.col(col), cols).alias(col))
+        self.count_modified(frame, out, col)
         return out
+
+    def count_modified(self, before: pl.DataFrame, after: pl.DataFrame, col: str) -> None:
+        """Record in the report how many rows of `col` changed (nulls compare equal)."""
+        changed = before.get_column(col).ne_missing(after.get_column(col)) if before.height else None
+        self.last_report.modified = int(changed.sum()) if changed is not None else 0
 
     def output_columns(self, cols: Mapping[str, str | None]) -> list[str]:
         return [cols["text"]]

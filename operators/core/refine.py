@@ -45,11 +45,7 @@ class PromptedRefiner(CoreLLMOperator, Refiner):
             new = pl.when(new.str.strip_chars() == "").then(None).otherwise(new)
         joined = self.join_results(frame, res, [new.alias("__refined")], f"{col}_meta")
         out = joined.with_columns(pl.coalesce("__refined", col).alias(col)).drop("__refined")
-        if frame.height:
-            changed = frame.get_column(col).ne_missing(out.get_column(col))
-            self.last_report.modified = int(changed.sum())
-        else:
-            self.last_report.modified = 0
+        self.count_modified(frame, out, col)
         return out
 
     def output_columns(self, cols):
