@@ -175,3 +175,14 @@ def test_api_key_reaches_the_server_but_no_metadata_log_or_file(dataflow_home, t
             assert secret.encode() not in f.read_bytes(), f
     captured = capfd.readouterr()
     assert secret not in captured.out and secret not in captured.err
+
+
+def test_llm_stages_run_in_the_llm_pool_with_a_retry_policy():
+    from tests.dagster import llm_defs
+
+    by_stage = {a.key.path[-1]: a for a in llm_defs.ASSETS}
+    for stage in ("answer", "judge"):
+        node = by_stage[stage].node_def
+        assert node.pool == "llm" and node.retry_policy is not None and node.retry_policy.max_retries == 2
+    assert by_stage["source"].node_def.pool is None and by_stage["source"].node_def.retry_policy is None
+    assert by_stage["catalog"].node_def.pool == "duckdb_catalog"

@@ -69,12 +69,19 @@ def test_backfill_runs_partitions_in_parallel_with_multiprocess_executor(dataflo
     assert summary.success, summary.checks_failed
     runs = instance().get_runs(filters=dg.RunsFilter(tags={"dataflow/pipeline": "text_pt"}))
     assert len(runs) == 2 and all(r.is_success for r in runs)
+    assert all(r.tags["dataflow/backfill"] == runs[0].tags["dataflow/backfill"] for r in runs)
     assert {r.tags["dagster/partition"] for r in runs} == {s.key for s in shards}
     con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
     parts = con.execute("select count(distinct filename) from text_pt.source").fetchone()[0]
     con.close()
     assert parts == 2
     assert summary.stages["source"].rows_out == len(demo_corpus())
+
+    # re-run one stage of one partition (`dataflow rerun`): only that asset is materialised again
+    again = backfill("text_pt", [shards[0].key], parallel=1, stages=["minhash_dedup"])
+    assert again.success and set(again.stages) == {"minhash_dedup"}
+    latest = instance().get_runs(filters=dg.RunsFilter(tags={"dagster/partition": shards[0].key}), limit=1)[0]
+    assert latest.asset_selection == {dg.AssetKey(["text_pt", "minhash_dedup"])}
 
 
 def test_corrupt_shard_fails_its_source_and_other_partitions_go_on(dataflow_home, tmp_path):
@@ -138,6 +145,10 @@ def test_definitions_validate_and_cli_run(dataflow_home, tmp_path):
     assert summary["quarantined"] == 3 and summary["records"] == len(demo_corpus()) + 3
     assert len(out.read_text().splitlines()) == summary["rows_out"] > 0
     assert "minhash_dedup" in run.stdout and "quarantined" in run.stdout
+    kept_id = json.loads(out.read_text().splitlines()[0])["_id"]
+    trace = subprocess.run([bindir / "dataflow", "trace", "text_pt", "--id", kept_id], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert trace.returncode == 0, trace.stderr[-2000:]
+    assert "[source] present" in trace.stdout and "[minhash_dedup] present" in trace.stdout
     ops = subprocess.run([bindir / "dataflow", "operators", "--json", "--domain", "text"], env=env, capture_output=True, text=True, timeout=120)
     listed = json.loads(ops.stdout)
     assert len(listed) >= 50 and all(o["doc"] and o["domain"] == "text" for o in listed)
