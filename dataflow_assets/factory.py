@@ -27,7 +27,7 @@ import polars as pl
 from dataflow_assets import progress
 from dataflow_assets.checks import Gate, GateInput, gates_for
 from dataflow_assets.partitions import shard_partitions
-from operators.base import ID, Pipeline, Stage, stable_hash, with_row_ids
+from operators.base import Pipeline, Stage, stable_hash, with_row_ids
 from operators.io import QUARANTINE_SCHEMA, InputError, read_input
 from resources.storage import QUARANTINE, ParquetStore, ShardRegistry, home, write_parquet_atomic, write_text_atomic
 

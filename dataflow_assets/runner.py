@@ -18,7 +18,7 @@ import dagster as dg
 
 from dataflow_assets.factory import CATALOG, DATASET, SOURCE
 from dataflow_assets.pipelines import ShippedPipeline, shipped
-from resources.storage import QUARANTINE, ParquetStore, Shard, ShardRegistry, dagster_home, home
+from resources.storage import QUARANTINE, Shard, ShardRegistry, dagster_home, home
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import polars as pl
 
-from operators.base import ID, Generator, OpReport, Operator, stable_hash
+from operators.base import ID, Generator, Operator, stable_hash
 
 ERROR_KINDS = ("rate_limited", "server_error", "timeout", "connection", "bad_response", "schema", "client_error")
 

@@ -110,7 +110,10 @@ def nightly_schedule(pipeline: str, job_name: str | None = None, cron: str = "0 
         description=f"Nightly re-run of every {pipeline} shard; cached stages make no LLM calls.",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):
-        stamp = context.scheduled_execution_time.strftime("%Y%m%d") if context.scheduled_execution_time else "manual"
+        try:
+            stamp = context.scheduled_execution_time.strftime("%Y%m%d")
+        except Exception:  # noqa: BLE001 - evaluated outside a tick (tests, ad-hoc): no scheduled time
+            stamp = "manual"
         for shard in ShardRegistry().all(pipeline):
             yield dg.RunRequest(run_key=f"{shard.key}:{stamp}", partition_key=shard.key)
 

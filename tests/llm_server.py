@@ -31,7 +31,6 @@ import json
 import random
 import re
 import socket
-import sys
 import threading
 import time
 from collections import Counter

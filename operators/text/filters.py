@@ -17,7 +17,6 @@ from operators.text._common import (
     TERMINAL_PUNCTUATION,
     StatsFilter,
     ThresholdFilter,
-    compute,
     alternation,
     duplicate_stats,
     line_count,

@@ -30,7 +30,7 @@ def test_generation_and_judge_stages_on_the_embedded_model(dataflow_home, tmp_pa
     _require_embedded_model()
     from dagster import materialize
 
-    import dagster as dg
+
     from dataflow_assets.factory import pipeline_assets
     from dataflow_assets.runner import QUIET, instance, resources
     from operators.base import Pipeline

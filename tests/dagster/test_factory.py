@@ -10,7 +10,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import polars as pl
 
 from dataflow_assets.runner import QUIET
 from resources.storage import ParquetStore, ShardRegistry

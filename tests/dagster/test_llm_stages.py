@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
 from dataflow_assets.runner import QUIET
 from resources.storage import ParquetStore, ShardRegistry

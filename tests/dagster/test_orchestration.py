@@ -1,7 +1,7 @@
 """Partitions, backfills, sensors, corrupt shards, row tracing and the CLI on the shipped text pipeline."""
 
-import gzip
 import json
+from datetime import datetime
 import os
 import subprocess
 import sys
@@ -152,3 +152,29 @@ def test_definitions_validate_and_cli_run(dataflow_home, tmp_path):
     ops = subprocess.run([bindir / "dataflow", "operators", "--json", "--domain", "text"], env=env, capture_output=True, text=True, timeout=120)
     listed = json.loads(ops.stdout)
     assert len(listed) >= 50 and all(o["doc"] and o["domain"] == "text" for o in listed)
+
+
+def test_rows_per_shard_slices_one_file_into_partitions(dataflow_home, tmp_path):
+    path = write_demo_corpus(tmp_path / "corpus.jsonl")
+    summary = run_pipeline("text_pt", [path], rows_per_shard=16)
+    records = len(demo_corpus()) + 3
+    assert len(summary.partitions) == 2 and all("@" in k for k in summary.partitions)
+    assert summary.records == records and summary.invariant_holds()
+    con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
+    per_part = con.execute("select count(distinct filename), count(*) from text_pt.source").fetchone()
+    con.close()
+    assert per_part == (2, records - 3)
+
+
+def test_nightly_schedule_is_off_by_default_and_requests_every_shard(dataflow_home, tmp_path):
+    from dataflow_assets.definitions import defs
+
+    files = _split_corpus(tmp_path)
+    shards = register_shards(shipped()["text_pt"], files)
+    repo = defs.get_repository_def()
+    schedule = repo.get_schedule_def("text_pt_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    with dg.partition_loading_context(dynamic_partitions_store=instance()):
+        requests = schedule.evaluate_tick(dg.build_schedule_context(instance=instance(), repository_def=repo, scheduled_execution_time=datetime(2026, 11, 26, 3))).run_requests
+    assert sorted(r.partition_key for r in requests) == sorted(s.key for s in shards)
+    assert {r.run_key.split(":")[1] for r in requests} == {"20261126"}

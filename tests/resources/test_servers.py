@@ -6,7 +6,6 @@ test_llamacpp.py (slow)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
