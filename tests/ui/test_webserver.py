@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from resources.storage import ShardRegistry
@@ -125,6 +126,10 @@ def webserver(dataflow_home: Path, tmp_path: Path):
         "telemetry:\n  enabled: false\n"
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
+    # create the instance's storage once here: processes migrating a fresh SQLite home at the same
+    # time can race ("alembic_version has more than one head", dagster-io/dagster#27390)
+    with dg.DagsterInstance.get() as instance:
+        instance.get_runs(limit=1)
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
         "load_from:\n"
