@@ -158,6 +158,19 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on this project's instance, so the UI shows what the CLI materialised."""
+    from resources.storage import dagster_home
+
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    dagster = Path(sys.executable).parent / "dagster"
+    cmd = [str(dagster), "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
+    console.print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(cmd)}")
+    os.execv(cmd[0], cmd)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dataflow", description="LLM-driven data preparation on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sql", help="query the DuckDB catalog (read-only), e.g. \"select * from text_pt.minhash_dedup limit 5\"")
     p.add_argument("query")
     p.set_defaults(fn=cmd_sql)
+
+    p = sub.add_parser("ui", help="the Dagster UI (dagster dev) on this project's instance")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(fn=cmd_ui)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("DATAFLOW_HOME", str(Path(".dataflow").resolve()))

@@ -121,5 +121,5 @@ def run_demo(console, run: Callable, print_summary: Callable, *, llm: bool = Tru
             cols = [c for c in ("quality_score", "quality_rationale") if c in out.columns]
             console.print(out.select(pl.col("text").str.slice(0, 60), *cols))
     console.print('query it: .venv/bin/duckdb .dataflow/catalog.duckdb -readonly "select * from text_pt.minhash_dedup limit 5"')
-    console.print("browse it: dagster dev -w workspace.yaml")
+    console.print("browse it: .venv/bin/dataflow ui   (dagster dev on this project's instance)")
     return 0 if ok else 1
