@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -46,7 +47,7 @@ def cmd_operators(args: argparse.Namespace) -> int:
             "yes" if i.needs_llm else "",
             ", ".join(f"{k}={v}" for k, v in i.reads.items()),
             ", ".join(f"{k}={v}" for k, v in i.writes.items()),
-            i.doc.split("\n")[0],
+            escape(i.doc.split("\n\n")[0].replace("\n", " ")),  # docstrings hold [a, b] ranges, not markup
         )
     console.print(table)
     return 0
@@ -60,7 +61,7 @@ def _print_summary(summary) -> None:
     for s in summary.stages.values():
         top = sorted(s.dropped.items(), key=lambda kv: -kv[1])
         dropped = ", ".join(f"{r}: {n}" for r, n in top[:4]) + (f", +{len(top) - 4} more" if len(top) > 4 else "")
-        table.add_row(s.stage, str(s.rows_in), str(s.rows_out), dropped, str(s.llm_calls or ""), str(s.cache_hits or ""), f"{s.seconds:.2f}")
+        table.add_row(s.stage, str(s.rows_in), str(s.rows_out), escape(dropped), str(s.llm_calls or ""), str(s.cache_hits or ""), f"{s.seconds:.2f}")
     console.print(table)
     if summary.quarantined:
         console.print(f"[yellow]{summary.quarantined} malformed record(s) quarantined[/]: see view {summary.pipeline}.quarantine in the catalog")
