@@ -180,3 +180,27 @@ def schema_object(properties: Mapping[str, Any], required: list[str] | None = No
         "required": list(required if required is not None else properties),
         "additionalProperties": False,
     }
+
+
+# The reply-format sentence every score-judging prompt ends with (no placeholder text to copy:
+# small models echo "<one sentence>" literally).
+SCORE_REPLY = (
+    'Reply with a JSON object with two keys: "score" (an integer from {min_score} to {max_score}) and '
+    '"rationale" (one short sentence that explains the score).'
+)
+
+
+def score_schema(min_score: int, max_score: int) -> dict[str, Any]:
+    """{"score": integer in [min, max], "rationale": short string}. The enum beside min/max lets
+    grammar-constrained servers (llama.cpp) enforce the range, which they do not for min/max."""
+    return schema_object(
+        {
+            "score": {
+                "type": "integer",
+                "minimum": min_score,
+                "maximum": max_score,
+                "enum": list(range(min_score, max_score + 1)),
+            },
+            "rationale": {"type": "string", "maxLength": 240},
+        }
+    )

@@ -7,7 +7,7 @@ from typing import Sequence
 import polars as pl
 
 from operators.base import Evaluator, register
-from operators.core.common import CoreLLMOperator, field_of, schema_object
+from operators.core.common import SCORE_REPLY, CoreLLMOperator, field_of, schema_object, score_schema
 from operators.llm import LLMClient, PromptTemplate, SamplingParams
 
 
@@ -30,9 +30,7 @@ class LLMJudgeEvaluator(CoreLLMOperator, Evaluator):
     default_template = PromptTemplate(
         "llm_judge",
         "Rate the response to the instruction on a scale from {min_score} (worst) to {max_score} (best) "
-        "for: {criteria}\n\nInstruction:\n{instruction}\n\nResponse:\n{response}\n\n"
-        'Reply with a JSON object with two keys: "score" (an integer from {min_score} to {max_score}) and '
-        '"rationale" (one short sentence that explains the score).',
+        "for: {criteria}\n\nInstruction:\n{instruction}\n\nResponse:\n{response}\n\n" + SCORE_REPLY,
         "You are a strict, fair evaluator of assistant responses.",
     )
 
@@ -55,18 +53,7 @@ class LLMJudgeEvaluator(CoreLLMOperator, Evaluator):
 
     @property
     def schema(self):
-        return schema_object(
-            {
-                # the enum (beside min/max) lets grammar-constrained servers (llama.cpp) enforce the range
-                "score": {
-                    "type": "integer",
-                    "minimum": self.min_score,
-                    "maximum": self.max_score,
-                    "enum": list(range(self.min_score, self.max_score + 1)),
-                },
-                "rationale": {"type": "string", "maxLength": 240},
-            }
-        )
+        return score_schema(self.min_score, self.max_score)
 
     def run(self, frame, cols):
         score, rationale = cols["score"], cols["rationale"]

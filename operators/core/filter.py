@@ -10,7 +10,7 @@ import jsonschema
 import polars as pl
 
 from operators.base import Filter, register
-from operators.core.common import _BAD, CoreLLMOperator, field_of, loads_loose, schema_object
+from operators.core.common import _BAD, SCORE_REPLY, CoreLLMOperator, field_of, loads_loose, score_schema
 from operators.llm import LLMClient, PromptTemplate, SamplingParams
 
 
@@ -36,8 +36,7 @@ class PromptedFilter(CoreLLMOperator, Filter):
     writes = {"score": "filter_score"}
     default_template = PromptTemplate(
         "prompted_filter",
-        "Rate the text below from {min_score} to {max_score} for: {criteria}\n\nText:\n{text}\n\n"
-        'Reply in JSON: {{"score": <integer>, "rationale": "<one sentence>"}}.',
+        "Rate the text below from {min_score} to {max_score} for: {criteria}\n\nText:\n{text}\n\n" + SCORE_REPLY,
         "You are a careful data-quality annotator.",
     )
 
@@ -61,9 +60,7 @@ class PromptedFilter(CoreLLMOperator, Filter):
 
     @property
     def schema(self):
-        return schema_object(
-            {"score": {"type": "integer", "minimum": self.min_score, "maximum": self.max_score}, "rationale": {"type": "string"}}
-        )
+        return score_schema(self.min_score, self.max_score)
 
     def run(self, frame, cols):
         score = cols.get("score") or "__score"
