@@ -15,7 +15,6 @@ when their stage executes (definitions load before any resource exists).
 """
 
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,9 +26,18 @@ import polars as pl
 from dataflow_assets import progress
 from dataflow_assets.checks import Gate, GateInput, gates_for
 from dataflow_assets.partitions import shard_partitions
-from operators.base import Pipeline, Stage, stable_hash, with_row_ids
+from operators.base import Pipeline, Stage, output_of, stable_hash, with_row_ids
 from operators.io import QUARANTINE_SCHEMA, InputError, read_input
-from resources.storage import QUARANTINE, ParquetStore, ShardRegistry, home, write_parquet_atomic, write_text_atomic
+from resources.storage import (
+    QUARANTINE,
+    ParquetStore,
+    ShardRegistry,
+    atomic_path,
+    file_sha256,
+    home,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 LLM_POOL = "llm"
 CATALOG_POOL = "duckdb_catalog"
@@ -106,12 +114,16 @@ def stage_metadata(stage: Stage, frame_in: pl.DataFrame, out: pl.DataFrame, seco
     return meta
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def exports_folder(pipeline: str) -> Path:
+    """Where a pipeline's training-ready export lives: `dataset.{parquet,jsonl}`, `manifest.json`
+    and `partitions/` (one export per partition)."""
+    return home() / "exports" / pipeline
+
+
+def split_catalog(assets: Sequence[dg.AssetsDefinition]) -> tuple[list[dg.AssetsDefinition], list[dg.AssetsDefinition]]:
+    """(the partitioned assets source -> stages -> dataset, the unpartitioned catalog asset)."""
+    stages = [a for a in assets if a.key.path[-1] != CATALOG]
+    return stages, [a for a in assets if a.key.path[-1] == CATALOG]
 
 
 def _jsonable(value: Any) -> Any:
@@ -150,7 +162,7 @@ def pipeline_assets(
     name = pipeline.pipeline_name
     stages = pipeline.trace()
     parts = shard_partitions(name) if partitioned else None
-    final = pipeline.output_stage()
+    final = output_of(stages, type(pipeline).__name__)
     required = dict(pipeline.input_schema)
 
     def key(stage: str) -> dg.AssetKey:
@@ -218,7 +230,7 @@ def pipeline_assets(
         partition = partition_of(context)
         frame = store.read(name, final, partition)
         shard = ShardRegistry().get(name, partition or "all")
-        folder = home() / "exports" / name / "partitions"
+        folder = exports_folder(name) / "partitions"
         stem = partition or "all"
         write_parquet_atomic(frame, folder / f"{stem}.parquet")
         write_text_atomic(_to_jsonl(frame), folder / f"{stem}.jsonl")
@@ -356,16 +368,15 @@ def build_manifest(pipeline: Pipeline, stages: list[Stage], store: ParquetStore,
 
 def assemble_export(name: str) -> dict[str, Any]:
     """Concatenate every partition's export into `exports/<name>/dataset.{parquet,jsonl}` + manifest.json."""
-    folder = home() / "exports" / name
+    folder = exports_folder(name)
     files = sorted((folder / "partitions").glob("*.parquet"))
     if not files:
         return {"export_rows": 0}
     # streamed (sink_*), so memory stays bounded by Polars' batches, not by the whole dataset
     lazy = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
     for target, sink in (("dataset.parquet", lazy.sink_parquet), ("dataset.jsonl", lazy.sink_ndjson)):
-        tmp = folder / f".{target}.tmp"
-        sink(tmp)
-        tmp.replace(folder / target)
+        with atomic_path(folder / target) as tmp:
+            sink(tmp)
     rows = pl.scan_parquet(folder / "dataset.parquet").select(pl.len()).collect().item()
     manifests = [json.loads(f.with_suffix(".manifest.json").read_text()) for f in files if f.with_suffix(".manifest.json").exists()]
     write_text_atomic(json.dumps({"pipeline": name, "rows": rows, "partitions": manifests}, indent=2), folder / "manifest.json")

@@ -233,7 +233,8 @@ class Filter(Operator):
         return []
 
     def run(self, frame: pl.DataFrame, cols: dict[str, str | None]) -> pl.DataFrame:
-        return self.apply_keep(frame.with_columns(self.scores(cols)) if self.scores(cols) else frame, self.keep(cols))
+        scores = self.scores(cols)
+        return self.apply_keep(frame.with_columns(scores) if scores else frame, self.keep(cols))
 
     def apply_keep(self, frame: pl.DataFrame, keep: pl.Expr | pl.Series | dict[str, Any]) -> pl.DataFrame:
         """Apply a keep mask (or reason -> mask dict), record dropped counts and ids."""
@@ -250,9 +251,6 @@ class Filter(Operator):
         if ID in frame.columns:
             self.last_report.dropped_ids = dropped.select(ID, pl.col("__drop_reason").alias("reason"))
         return marked.filter(pl.col("__drop_reason").is_null()).drop("__drop_reason")
-
-    def output_columns(self, cols: Mapping[str, str | None]) -> list[str]:
-        return [cols[role] for role in self.writes if cols.get(role)]
 
 
 # --------------------------------------------------------------------------- registry
@@ -339,6 +337,7 @@ class Stage:
     writes: list[str]
     schema: dict[str, pl.DataType]  # output schema
     report: OpReport | None = None
+    is_output: bool = False  # its output is what forward() returned
 
     def run(self, frame: pl.DataFrame) -> pl.DataFrame:
         return self.operator(frame, **self.columns)
@@ -432,6 +431,9 @@ class Pipeline:
             out = self.forward(frame)
         finally:
             _RECORDER.reset(token)
+        produced = rec.produced.get(id(out))
+        if produced is not None and produced[0] is not None:
+            rec.stages[produced[0]].is_output = True
         return out, rec.stages
 
     def empty_frame(self, schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
@@ -456,17 +458,7 @@ class Pipeline:
 
     def output_stage(self, schema: Mapping[str, pl.DataType] | None = None) -> str:
         """The stage whose output `forward()` returns (the pipeline's final dataset)."""
-        frame = self.empty_frame(schema)
-        rec = _Recorder(self, frame, strict=True)
-        token = _RECORDER.set(rec)
-        try:
-            out = self.forward(frame)
-        finally:
-            _RECORDER.reset(token)
-        produced = rec.produced.get(id(out))
-        if produced is None or produced[0] is None:
-            raise PipelineCheckError(f"{type(self).__name__}.forward() must return the output of an operator call")
-        return produced[0]
+        return output_of(self.trace(schema), type(self).__name__)
 
     def check(self, schema: Mapping[str, pl.DataType] | None = None) -> list[Stage]:
         """Validate the pipeline against an input schema before any real run; returns the stages."""
@@ -475,6 +467,14 @@ class Pipeline:
     def stage_reports(self) -> Iterator[tuple[str, OpReport]]:
         for name, st in getattr(self, "last_stages", {}).items():
             yield name, st.report
+
+
+def output_of(stages: list[Stage], pipeline: str = "pipeline") -> str:
+    """The name of the traced stage whose output `forward()` returned."""
+    for stage in stages:
+        if stage.is_output:
+            return stage.name
+    raise PipelineCheckError(f"{pipeline}.forward() must return the output of an operator call")
 
 
 def with_row_ids(frame: pl.DataFrame, source: str) -> pl.DataFrame:
