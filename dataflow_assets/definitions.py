@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from dataflow_assets.factory import CATALOG
+from dataflow_assets.factory import split_catalog
 from dataflow_assets.pipelines import shipped
 from sensors.inputs import input_sensor, nightly_schedule
 from resources.storage import ParquetStore
@@ -37,8 +37,7 @@ def resources_for_env(env: str | None = None) -> dict[str, Any]:
 
 def pipeline_jobs(spec) -> list[dg.UnresolvedAssetJobDefinition]:
     """`<pipeline>_stages` (source -> stages -> dataset of one partition) and `<pipeline>_catalog`."""
-    stages = [a for a in spec.assets if a.key.path[-1] != CATALOG]
-    catalog = [a for a in spec.assets if a.key.path[-1] == CATALOG]
+    stages, catalog = split_catalog(spec.assets)
     return [
         dg.define_asset_job(f"{spec.name}_stages", selection=dg.AssetSelection.assets(*stages), description=spec.description),
         dg.define_asset_job(f"{spec.name}_catalog", selection=dg.AssetSelection.assets(*catalog)),

@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 
 import dagster as dg
 
-from dataflow_assets.factory import CATALOG, DATASET, SOURCE
+from dataflow_assets.factory import DATASET, SOURCE, exports_folder, split_catalog
 from dataflow_assets.pipelines import ShippedPipeline, shipped
-from resources.storage import QUARANTINE, Shard, ShardRegistry, dagster_home, home
+from resources.storage import QUARANTINE, Shard, ShardRegistry, dagster_home
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -88,9 +88,8 @@ def register_shards(spec: ShippedPipeline, inputs: Sequence[Path], rows_per_shar
 
 
 def materialize_partition(spec: ShippedPipeline, key: str, res: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
-    selection = [a for a in spec.assets if a.key.path[-1] != CATALOG]
     return dg.materialize(
-        selection,
+        split_catalog(spec.assets)[0],
         partition_key=key,
         instance=instance(),
         resources=res or resources(),
@@ -101,8 +100,7 @@ def materialize_partition(spec: ShippedPipeline, key: str, res: dict[str, Any] |
 
 
 def refresh_catalog(spec: ShippedPipeline, res: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
-    catalog = [a for a in spec.assets if a.key.path[-1] == CATALOG]
-    return dg.materialize(catalog, instance=instance(), resources=res or resources(), run_config=QUIET, raise_on_error=False)
+    return dg.materialize(split_catalog(spec.assets)[1], instance=instance(), resources=res or resources(), run_config=QUIET, raise_on_error=False)
 
 
 def run_pipeline(
@@ -131,13 +129,13 @@ def run_pipeline(
         for shard in shards:
             result = materialize_partition(spec, shard.key, res)
             summary.success &= result.success
-            _collect(summary, result)
+            _collect_events(summary, result.all_events)
         cat = refresh_catalog(spec, res)
         summary.success &= cat.success
     finally:
         if on_event:
             progress.LISTENERS.remove(on_event)
-    export = home() / "exports" / name / "dataset.parquet"
+    export = exports_folder(name) / "dataset.parquet"
     summary.export = str(export) if export.exists() else None
     if output and export.exists():
         _write_output(export, Path(output))
@@ -179,7 +177,7 @@ def backfill(
         summary.success &= ok
         _collect_events(summary, [r.dagster_event for r in inst.all_logs(run_id) if r.dagster_event])
     summary.success &= refresh_catalog(spec).success
-    export = home() / "exports" / name / "dataset.parquet"
+    export = exports_folder(name) / "dataset.parquet"
     summary.export = str(export) if export.exists() else None
     return summary
 
@@ -195,10 +193,6 @@ def _execute_partition(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str
         run_config=QUIET,
     ) as result:
         return result.run_id, result.success
-
-
-def _collect(summary: RunSummary, result: dg.ExecuteInProcessResult) -> None:
-    _collect_events(summary, result.all_events)
 
 
 def _collect_events(summary: RunSummary, events: Sequence[dg.DagsterEvent]) -> None:

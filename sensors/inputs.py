@@ -12,7 +12,6 @@ Each shipped pipeline gets
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import dagster as dg
 
 from operators.io import InputError, detect_format
-from resources.storage import ShardRegistry, home
+from resources.storage import ShardRegistry, file_sha256, home
 
 INPUT_JOB = "{pipeline}_stages"
 
@@ -29,14 +28,6 @@ INPUT_JOB = "{pipeline}_stages"
 def inputs_folder(pipeline: str) -> Path:
     base = Path(os.environ["DATAFLOW_INPUTS"]) if os.environ.get("DATAFLOW_INPUTS") else home() / "inputs"
     return base / pipeline
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def scan(folder: Path, previous: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[Path], list[str]]:
@@ -57,7 +48,7 @@ def scan(folder: Path, previous: dict[str, dict[str, Any]]) -> tuple[dict[str, d
         if prev and prev["size"] == entry["size"] and prev["mtime_ns"] == entry["mtime_ns"]:
             current[key] = prev
             continue
-        entry["sha256"] = _sha256(path)
+        entry["sha256"] = file_sha256(path)
         current[key] = entry
         if not prev or prev.get("sha256") != entry["sha256"]:
             changed.append(path)
