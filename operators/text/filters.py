@@ -621,17 +621,7 @@ class GopherQualityFilter(StatsFilter):
         min_stop_words: int | None = 2,
         stop_words: tuple[str, ...] = GOPHER_STOP_WORDS,
     ):
-        self.c = dict(
-            min_doc_words=min_doc_words,
-            max_doc_words=max_doc_words,
-            min_avg_word_length=min_avg_word_length,
-            max_avg_word_length=max_avg_word_length,
-            max_symbol_word_ratio=max_symbol_word_ratio,
-            max_bullet_lines_ratio=max_bullet_lines_ratio,
-            max_ellipsis_lines_ratio=max_ellipsis_lines_ratio,
-            min_alpha_words_ratio=min_alpha_words_ratio,
-            min_stop_words=min_stop_words,
-        )
+        self.c = {k: v for k, v in self.config().items() if k != "stop_words"}  # the thresholds, by name
         self.stop_words = tuple(stop_words)
 
     def stats(self, t):

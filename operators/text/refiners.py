@@ -339,14 +339,7 @@ class C4LineCleaner(Refiner):
         filter_javascript: bool = True,
         filter_policy: bool = True,
     ):
-        self.kw = dict(
-            remove_citations=remove_citations,
-            filter_no_terminal_punct=filter_no_terminal_punct,
-            min_words_per_line=min_words_per_line,
-            max_word_length=max_word_length,
-            filter_javascript=filter_javascript,
-            filter_policy=filter_policy,
-        )
+        self.kw = self.config()  # exactly c4_clean_lines' keyword arguments
 
     def refine(self, text, cols):
         return c4_clean_lines(text, **self.kw).list.join("\n").str.strip_chars()
