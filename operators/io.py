@@ -268,32 +268,44 @@ def _read_csv(data, required, rename, q, start, stop) -> ReadResult:
             continue
         rows.append((line, rec))
     rows = rows[start:stop]
-    good, numbered = [], []
-    for n, rec in rows:
-        if rename:
-            rec = {rename.get(k, k): v for k, v in rec.items()}
-        numbered.append((n, rec))
-    # csv values are strings: cast required columns, quarantining rows that do not convert
-    for n, rec in numbered:
-        bad = None
-        for name, dtype in required.items():
-            val = rec.get(name)
-            if val in (None, ""):
-                bad = (name, "missing required field")
-                break
-            if dtype != pl.String:
-                try:
-                    pl.Series([val]).cast(dtype, strict=True)
-                except Exception:  # noqa: BLE001
-                    bad = (name, f"wrong type: cannot read {val!r} as {dtype}")
-                    break
-        if bad:
-            q.add(n, bad[0], bad[1], rec)
-        else:
-            good.append(rec)
-    frame = pl.DataFrame(good, schema={k: pl.String for k in (good[0] if good else required)}) if good else pl.DataFrame(schema=required)
-    frame = frame.with_columns([pl.col(c).cast(t) for c, t in required.items()])
-    return ReadResult(frame, q.frame(), len(rows))
+    if not rows:
+        return ReadResult(pl.DataFrame(schema=required), q.frame(), 0)
+    if rename:
+        rows = [(n, {rename.get(k, k): v for k, v in rec.items()}) for n, rec in rows]
+    columns = list(dict.fromkeys([*rows[0][1], *required]))
+    frame = pl.DataFrame([rec for _, rec in rows], schema={c: pl.String for c in columns}).with_columns(
+        pl.Series("__row", [n for n, _ in rows], dtype=pl.Int64)
+    )
+    # csv values are strings: a required value must be non-empty and cast to its dtype
+    reasons = []
+    for name, dtype in required.items():
+        col = pl.col(name)
+        reasons.append(pl.when(col.is_null() | (col == "")).then(pl.lit(f"{name}\x00missing required field")))
+        if dtype != pl.String:
+            reasons.append(
+                pl.when(_from_text(col, dtype).is_null())
+                .then(pl.format(f"{name}\x00wrong type: cannot read '{{}}' as {dtype}", col))
+            )
+    good = _quarantine_where(frame, reasons, q)
+    return ReadResult(good.with_columns([_from_text(pl.col(c), t) for c, t in required.items()]), q.frame(), len(rows))
+
+
+def _from_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A csv text value as `dtype`, null where it does not convert (Polars has no str -> bool cast)."""
+    if dtype == pl.Boolean:
+        return col.str.to_lowercase().replace_strict({"true": True, "false": False}, default=None, return_dtype=pl.Boolean)
+    return col.cast(dtype, strict=False)
+
+
+def _quarantine_where(frame: pl.DataFrame, reasons: list[pl.Expr], q: _Quarantine) -> pl.DataFrame:
+    """Quarantine the rows of `frame` (which has a 1-based `__row`) for which one of `reasons`
+    (expressions giving "field\x00reason" or null, first match wins) is set; return the others."""
+    why = pl.coalesce(*reasons, pl.lit(None, dtype=pl.String)) if reasons else pl.lit(None, dtype=pl.String)
+    marked = frame.with_columns(why.alias("__why"))
+    for rec in marked.filter(pl.col("__why").is_not_null()).iter_rows(named=True):  # only the bad rows
+        field, reason = rec.pop("__why").split("\x00")
+        q.add(rec.pop("__row"), field, reason, rec)
+    return marked.filter(pl.col("__why").is_null()).drop("__row", "__why")
 
 
 def _check_frame(frame, required, rename, q, start, stop, path, offset: int = 0) -> ReadResult:
@@ -312,11 +324,4 @@ def _check_frame(frame, required, rename, q, start, stop, path, offset: int = 0)
         if not ok_type:
             raise InputError(f"{path}: column {name!r} has type {frame.schema[name]}, expected {dtype}")
         reasons.append(pl.when(pl.col(name).is_null()).then(pl.lit(f"{name}\x00missing required field")))
-    marked = frame.with_columns(pl.coalesce(*reasons, pl.lit(None, dtype=pl.String)).alias("__why")) if reasons else frame.with_columns(pl.lit(None, dtype=pl.String).alias("__why"))
-    bad = marked.filter(pl.col("__why").is_not_null())
-    for rec in bad.iter_rows(named=True):  # only the bad rows, usually few
-        field, reason = rec.pop("__why").split("\x00")
-        n = rec.pop("__row")
-        q.add(n, field, reason, rec)
-    good = marked.filter(pl.col("__why").is_null()).drop("__row", "__why")
-    return ReadResult(good, q.frame(), frame.height)
+    return ReadResult(_quarantine_where(frame, reasons, q), q.frame(), frame.height)

@@ -125,3 +125,17 @@ def test_parquet_and_gzip_jsonl_slices_stream_and_count(tmp_path):
     gz.write_bytes(gzip.compress(b"\n".join(json.dumps({"text": t}).encode() for t in frame["text"]) + b"\n\n"))
     assert count_records(pq) == count_records(gz) == 20
     assert read_input(gz, REQ, start=18).frame.get_column("text").to_list() == ["doc 18", "doc 19"]
+
+
+def test_csv_required_booleans_and_numbers_are_parsed_or_quarantined(tmp_path):
+    path = tmp_path / "flags.csv"
+    path.write_text("text,ok,n\na,true,1\nb,maybe,2\nc,FALSE,x\n,true,3\nd,False,4\n")
+    res = read_input(path, {"text": pl.String, "ok": pl.Boolean, "n": pl.Int64})
+    assert res.frame.rows() == [("a", True, 1), ("d", False, 4)]
+    q = res.quarantine
+    assert q.select("row", "field").rows() == [(3, "ok"), (4, "n"), (5, "text")]
+    assert q.get_column("reason").to_list() == [
+        "wrong type: cannot read 'maybe' as Boolean",
+        "wrong type: cannot read 'x' as Int64",
+        "missing required field",
+    ]
