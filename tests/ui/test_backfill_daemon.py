@@ -19,12 +19,11 @@ import time
 import urllib.error
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 import pytest
 
 from resources.storage import ShardRegistry
-from tests.ui.test_webserver import ADD_PARTITION_M, EVENTS_Q, WORKSPACE_Q, GraphQL, _free_port, _stop
+from tests.ui.test_webserver import ADD_PARTITION_M, EVENTS_Q, WORKSPACE_Q, GraphQL, _free_port, _stop, prepare_instance, write_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -106,24 +105,10 @@ def _describe(pid: int) -> str:
 @pytest.fixture
 def ui_and_daemon(dataflow_home: Path, tmp_path: Path):
     """`dagster-daemon run` + `dagster-webserver` on one DAGSTER_HOME, the toy pipeline as their code location."""
-    dagster_home = dataflow_home / "dagster"
     # no run_coordinator/run_launcher: the default queued coordinator, dequeued by the daemon
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    # create the SQLite storages (runs, event log index, schedules) here, once: four processes (the
-    # daemon, the webserver and their code servers) initialising a fresh DAGSTER_HOME at the same time
-    # race on alembic's version stamp ("Version table 'alembic_version' has more than one head",
-    # dagster-io/dagster#27390) and the code location fails to load
-    with dg.DagsterInstance.get() as instance:
-        assert Path(instance.root_directory) == dagster_home, instance.root_directory
-        instance.get_runs(limit=1)
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: tests.dagster.toy_defs\n"
-        f"      working_directory: {json.dumps(str(REPO))}\n"
-        f"      location_name: {LOCATION}\n"
-    )
+    dagster_home = dataflow_home / "dagster"
+    prepare_instance(dagster_home)
+    workspace = write_workspace(tmp_path, {LOCATION: "tests.dagster.toy_defs"})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     port = _free_port()
     commands = {

@@ -117,31 +117,39 @@ query($id: ID!) { logsForRun(runId: $id) { __typename
 """
 
 
-@pytest.fixture
-def webserver(dataflow_home: Path, tmp_path: Path):
-    """dagster-webserver on a free loopback port, with the toy pipeline as its code location."""
-    dagster_home = dataflow_home / "dagster"
-    # runs launch straight away (the default queued coordinator needs a dagster-daemon)
-    (dagster_home / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\n"
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-    )
-    # create the instance's storage once here: processes migrating a fresh SQLite home at the same
-    # time can race ("alembic_version has more than one head", dagster-io/dagster#27390)
+def prepare_instance(dagster_home: Path, extra_yaml: str = "") -> None:
+    """Write dagster.yaml and create the instance's storage here, once: several processes (webserver,
+    daemon, their code servers) migrating a fresh SQLite home at the same time race on alembic's
+    version stamp ("alembic_version has more than one head", dagster-io/dagster#27390)."""
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + extra_yaml)
     with dg.DagsterInstance.get() as instance:
+        assert Path(instance.root_directory) == dagster_home, instance.root_directory
         instance.get_runs(limit=1)
+
+
+def write_workspace(tmp_path: Path, locations: dict[str, str]) -> Path:
+    """A workspace.yaml loading each python module (location name -> module) from the repo root."""
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
         "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: tests.dagster.toy_defs\n"
-        f"      working_directory: {json.dumps(str(REPO))}\n"
-        f"      location_name: {LOCATION}\n"
-        "  - python_module:\n"  # the shipped pipelines: only for the README screenshot, may fail to load
-        "      module_name: dataflow_assets.definitions\n"
-        f"      working_directory: {json.dumps(str(REPO))}\n"
-        f"      location_name: {SHIPPED_LOCATION}\n"
+        + "".join(
+            "  - python_module:\n"
+            f"      module_name: {module}\n"
+            f"      working_directory: {json.dumps(str(REPO))}\n"
+            f"      location_name: {name}\n"
+            for name, module in locations.items()
+        )
     )
+    return workspace
+
+
+@pytest.fixture
+def webserver(dataflow_home: Path, tmp_path: Path):
+    """dagster-webserver on a free loopback port, with the toy pipeline as its code location."""
+    # runs launch straight away (the default queued coordinator needs a dagster-daemon)
+    prepare_instance(dataflow_home / "dagster", "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n")
+    # the shipped pipelines as a second location: only for the README screenshot, may fail to load
+    workspace = write_workspace(tmp_path, {LOCATION: "tests.dagster.toy_defs", SHIPPED_LOCATION: "dataflow_assets.definitions"})
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     log = open(tmp_path / "webserver.log", "w+")
