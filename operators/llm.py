@@ -19,7 +19,9 @@ import polars as pl
 
 from operators.base import ID, Generator, Operator, stable_hash
 
-ERROR_KINDS = ("rate_limited", "server_error", "timeout", "connection", "bad_response", "schema", "client_error")
+ERROR_KINDS = ("rate_limited", "server_error", "timeout", "connection", "bad_response", "schema", "client_error", "truncated")
+"""Row error kinds. `truncated`: the reply was cut off at `max_tokens` (finish_reason "length"); not
+cached, unless the client is told to accept truncated replies."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # optional sampling settings: sent only when set (None = the server's default)
+    top_k: int | None = None
+    min_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +90,11 @@ class LLMRequest:
     params: SamplingParams = SamplingParams()
     schema: Mapping[str, Any] | None = None  # JSON schema for structured output
     sample: int = 0  # sample index when n > 1 (part of the cache key)
+    # everything else that can change the answer is part of the request, hence of the cache key
+    extra_body: Mapping[str, Any] | None = None  # merged into the request body (e.g. {"top_k": 1})
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: Mapping[str, Any] | None = None  # sent as is when no `schema` is given
 
 
 @dataclass
@@ -149,6 +162,24 @@ def _one_result_per_request(requests: Sequence[LLMRequest], results: Sequence[LL
     return list(out.values())
 
 
+def check_unique_ids(frame: pl.DataFrame, who: str) -> None:
+    """Refuse a frame whose `_id` column has repeats or nulls: LLM answers are joined back by `_id`,
+    so a repeated id would hand one row another row's answer."""
+    ids = frame.get_column(ID)
+    nulls = ids.null_count()
+    dup = frame.lazy().group_by(ID).agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort("n", ID, descending=[True, False]).collect()
+    if nulls or dup.height:
+        shown = ", ".join(f"{k!r} x{n}" for k, n in dup.head(5).iter_rows())
+        more = f" (and {dup.height - 5} more)" if dup.height > 5 else ""
+        raise ValueError(
+            f"{who}: `_id` must be unique to match LLM answers to rows; "
+            + (f"{dup.height} repeated id(s): {shown}{more}" if dup.height else "")
+            + ("; " if dup.height and nulls else "")
+            + (f"{nulls} null id(s)" if nulls else "")
+            + ". Give each row its own `_id` (e.g. operators.base.stable_hash of its content and position) before the LLM stage."
+        )
+
+
 META_DTYPE = pl.Struct(
     {
         "model": pl.String,
@@ -191,21 +222,30 @@ class LLMOperator(Operator):
         schema: Mapping[str, Any] | None = None,
         n: int = 1,
         params: SamplingParams | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> pl.DataFrame:
         """One request per row (x `n` samples). Returns a frame keyed by (`_id`, `sample`) with
         `text`, `parsed` (JSON string), `error` and the provenance struct `meta`.
 
-        A zero-row frame makes no call. Rows are matched by `_id`, never by position.
+        A zero-row frame makes no call. Rows are matched by `_id`, never by position, so a frame
+        whose `_id`s are not unique is refused (`ValueError`) rather than risk giving one row
+        another row's answer.
         """
         if ID not in frame.columns:
             raise ValueError(f"{self.display_name}: LLM operators need the `_id` column to match results to rows")
+        check_unique_ids(frame, self.display_name)
         params = params or self.params
         out_schema = {ID: pl.String, "sample": pl.Int64, "text": pl.String, "parsed": pl.String, "error": pl.String, "meta": META_DTYPE}
         if frame.height == 0:
             self.last_report.llm = summarize([])
             return pl.DataFrame(schema=out_schema)
         requests = [
-            LLMRequest(id=row[ID], messages=render(row), params=params, schema=schema, sample=k)
+            LLMRequest(
+                id=row[ID], messages=render(row), params=params, schema=schema, sample=k,
+                extra_body=extra_body, tools=tools, response_format=response_format,
+            )
             for row in frame.iter_rows(named=True)
             for k in range(n)
         ]

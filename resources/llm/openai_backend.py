@@ -2,8 +2,15 @@
 
 `OpenAIClient.generate(requests)` satisfies `operators.llm.LLMClient`:
 
-- results pass through the `GenerationCache`: hits make no request; each success is committed
+- results pass through the generation cache: hits make no request; each success is committed
   as it arrives; errors are never cached (a re-run retries only failed rows);
+- the cache identity is real: for a managed server, the server's (GGUF hash, context size, chat
+  template, server arguments); for an external endpoint, its base URL, the model id it reports
+  at `GET /models` and an optional user-set `revision`;
+- a reply cut off at `max_tokens` (finish_reason "length") is a `truncated` row error, not a
+  cached success, unless `accept_truncated=True`;
+- `timeout_s` bounds one attempt, `row_deadline_s` a row's attempts and backoff together, so one
+  slow endpoint cannot stall a stage for tens of minutes;
 - identical requests in one batch (same cache key) are sent once and fanned out;
 - bounded concurrency (a semaphore), per-request timeout, retries with exponential backoff and
   full jitter on 429 / 5xx / timeouts / connection errors / malformed bodies, honouring
@@ -23,19 +30,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import hashlib
 import json
 import logging
 import random
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from operators.llm import ERROR_KINDS, LLMRequest, LLMResult
 
-from .cache import GenerationCache, cache_key, open_cache
+from .cache import cache_key, open_cache
 
 log = logging.getLogger("resources.llm")
 
@@ -329,11 +339,19 @@ class OpenAIClient:
 
     Parameters (all keyword):
       base_url, model: the endpoint and the model name sent in requests;
-      identity: the cache identity (default `openai:<model>`); results are shared across
-        endpoints that serve the same identity;
+      identity: the cache identity, used verbatim when given; by default it is derived from
+        the managed server (`server.identity`) or, for an external endpoint, from `label`, the
+        base URL, the model id the endpoint reports at `GET /models` and `revision`;
+      revision: an optional user-set model revision for an external endpoint (bump it when the
+        weights behind the same model id change);
+      label: the model name shown in results and metadata (default `openai:<model>`);
       api_key: sent as a bearer token, never logged or stored;
       max_concurrency, timeout_s (per attempt), max_retries (per request), retry_budget (total
-        retries per `generate()` call; None = 16 + number of distinct prompts);
+        retries per `generate()` call; None = 16 + number of distinct prompts), row_deadline_s
+        (all attempts and backoff of one row; None = no deadline);
+      accept_truncated: keep replies cut off at max_tokens (finish_reason "length") as
+        successes (cached); default False: such a row gets the `truncated` error;
+      extra_body: fields merged into every request body (part of the cache key);
       backoff_s / backoff_max_s (exponential backoff with full jitter), max_retry_after_s
         (cap on a server's Retry-After);
       schema_mode: "json_schema" | "json_object" (llama.cpp: json_object + schema) | "prompt";
@@ -360,13 +378,17 @@ class OpenAIClient:
         max_retry_after_s: float = 60.0,
         schema_mode: str = "json_schema",
         repair: bool = True,
-        cache: GenerationCache | str | bool | None = None,
+        cache: Any = None,
         home: str | None = None,
         prices: tuple[float, float] = (0.0, 0.0),
         transport: str = "openai",
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         server: Any = None,
+        revision: str | None = None,
+        label: str | None = None,
+        row_deadline_s: float | None = None,
+        accept_truncated: bool = False,
     ):
         if schema_mode not in SCHEMA_MODES:
             raise ValueError(f"schema_mode must be one of {SCHEMA_MODES}, got {schema_mode!r}")
@@ -374,9 +396,18 @@ class OpenAIClient:
             raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
         if base_url is None and server is None:
             raise ValueError("OpenAIClient needs base_url= (or a managed server=)")
-        self.base_url = base_url
+        self.base_url = base_url.rstrip("/") if base_url else base_url
         self.request_model = model
-        self.model = identity or f"openai:{model}"
+        self.model = label or identity or getattr(server, "identity", None) or f"openai:{model}"
+        self.revision = revision
+        self._identity: str | None = identity or getattr(server, "identity", None)
+        if self._identity is None and server is not None:  # a managed server without a model identity: its command
+            port = str(getattr(server, "port", None))
+            cmd = [c for c in (getattr(server, "cmd_template", None) or getattr(server, "cmd", [])) if c != port]
+            self._identity = f"{self.model}:{getattr(server, 'name', 'server')}:{hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:12]}"
+        self._identity_lock = threading.Lock()
+        self.row_deadline_s = float(row_deadline_s) if row_deadline_s else None
+        self.accept_truncated = bool(accept_truncated)
         self._api_key = api_key or None
         self._redact = Redactor(api_key)
         self.max_concurrency = max(1, int(max_concurrency))
@@ -400,8 +431,43 @@ class OpenAIClient:
     def stats(self) -> dict[str, Any]:
         return self.stats_.to_dict()
 
+    @property
+    def identity(self) -> str:
+        """The model identity in cache keys (resolved once; for an external endpoint this asks
+        `GET /models`, and is retried on the next call while the endpoint does not answer)."""
+        if self._identity is not None:
+            return self._identity
+        with self._identity_lock:
+            if self._identity is not None:
+                return self._identity
+            reported = self._reported_model()
+            ident = f"{self.model}@{self.base_url}#{reported or '?'}" + (f"@rev={self.revision}" if self.revision else "")
+            if reported is not None:
+                self._identity = ident
+            return ident
+
+    def _reported_model(self) -> str | None:
+        """The model id the endpoint reports: the requested one when listed, the only one when a
+        single model is served (llama.cpp, a vLLM replica), else `unlisted:<model>`; None when
+        the endpoint does not answer (the identity is then not memoized)."""
+        req = urllib.request.Request(f"{self.base_url}/models", headers={**self.headers, **({"Authorization": f"Bearer {self._api_key}"} if self._api_key else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=min(self.timeout_s, 10.0)) as resp:
+                data = json.loads(resp.read())
+            ids = [str(m.get("id")) for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
+        except urllib.error.HTTPError as err:  # answers, but lists nothing: a stable, explicit marker
+            return f"unlisted:{self.request_model}:http{err.code}"
+        except (urllib.error.URLError, OSError, ValueError, AttributeError) as err:
+            log.warning("llm %s: cannot read %s/models (%s); cache identity not pinned yet", self.model, self.base_url, self._redact(err))
+            return None
+        if self.request_model in ids:
+            return self.request_model
+        if len(ids) == 1:
+            return ids[0]
+        return f"unlisted:{self.request_model}"
+
     def key_for(self, request: LLMRequest) -> str:
-        return cache_key(self.model, request, mode=self.schema_mode)
+        return cache_key(self.identity, request, mode=self.schema_mode, extra_body=self.extra_body)
 
     @property
     def _resolved_base_url(self) -> str:
@@ -419,7 +485,9 @@ class OpenAIClient:
         reqs = list(requests)
         if not reqs:
             return []
-        keys = [self.key_for(r) for r in reqs]
+        ident = self._identity if self._identity is not None else await asyncio.to_thread(lambda: self.identity)
+        mode, extra = self.schema_mode, self.extra_body
+        keys = [cache_key(ident, r, mode=mode, extra_body=extra) for r in reqs]
         hits = self.cache.lookup(reqs, keys) if self.cache is not None else {}
         out: list[LLMResult | None] = [hits.get(i) for i in range(len(reqs))]
         groups: dict[str, list[int]] = {}
@@ -440,10 +508,11 @@ class OpenAIClient:
             def flush() -> None:
                 # Results that completed in the same loop tick are committed together, before the
                 # loop waits on I/O again: durable as they arrive, without one commit per row.
+                # Cost O(rows flushed): only this batch's prompts are looked up.
                 batch = pending[:]
                 pending.clear()
                 try:
-                    self.cache.put_many(batch, prompts={k: reqs[ix[0]].messages for k, ix in groups.items()})
+                    self.cache.put_many(batch, prompts={r.cache_key: reqs[groups[r.cache_key][0]].messages for r in batch})
                 except Exception as err:  # a cache failure must not lose the answers
                     log.warning("llm cache write failed: %s", self._redact(err))
 
@@ -490,12 +559,24 @@ class OpenAIClient:
         }
         if p.stop:
             body["stop"] = list(p.stop)
+        for name in ("top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
+            value = getattr(p, name)
+            if value is not None:
+                body[name] = value
+        if req.tools:
+            body["tools"] = [dict(t) for t in req.tools]
+        if req.tool_choice is not None:
+            body["tool_choice"] = req.tool_choice
         if req.schema is not None:
             if self.schema_mode == "json_schema":
                 body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": dict(req.schema)}}
             elif self.schema_mode == "json_object":
                 body["response_format"] = {"type": "json_object", "schema": dict(req.schema)}
+        elif req.response_format:
+            body["response_format"] = dict(req.response_format)
         body.update(self.extra_body)
+        if req.extra_body:
+            body.update(req.extra_body)
         return body
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -514,11 +595,17 @@ class OpenAIClient:
         retries = 0
         repaired = False
         res = LLMResult(id=req.id, sample=req.sample, model=self.model, cache_key=key)
+        deadline = t0 + self.row_deadline_s if self.row_deadline_s else None
         while True:
             try:
                 async with sem:
+                    timeout = self.timeout_s
+                    if deadline is not None:
+                        timeout = min(timeout, deadline - time.perf_counter())
+                        if timeout <= 0:
+                            raise CallError("timeout", f"row deadline of {self.row_deadline_s:g}s passed before an answer")
                     self.stats_.add(http_requests=1)
-                    data = await transport.post(self._body(messages, req), self.timeout_s)
+                    data = await transport.post(self._body(messages, req), timeout)
                 try:
                     usage = data.get("usage") or {}
                     tokens_in += int(usage.get("prompt_tokens") or 0)
@@ -533,9 +620,12 @@ class OpenAIClient:
                 if content is None:
                     raise CallError("bad_response", "reply has no message content")
             except CallError as err:
-                if err.kind in RETRYABLE and retries < self.max_retries and budget.take():
+                delay = self._backoff(retries + 1, err.retry_after)
+                past_deadline = deadline is not None and time.perf_counter() + delay >= deadline
+                if past_deadline and err.kind in RETRYABLE:
+                    err = CallError(err.kind, f"{err.detail}; row deadline of {self.row_deadline_s:g}s leaves no time for a retry")
+                if err.kind in RETRYABLE and not past_deadline and retries < self.max_retries and budget.take():
                     retries += 1
-                    delay = self._backoff(retries, err.retry_after)
                     log.info("llm retry %d/%d for %s after %s (sleep %.2fs)", retries, self.max_retries, req.id, err.kind, delay)
                     self.stats_.add(retries=1)
                     await asyncio.sleep(delay)
@@ -546,6 +636,10 @@ class OpenAIClient:
                 res.error, res.error_detail = "client_error", self._redact(f"{type(err).__name__}: {err}")[:500]
                 break
             res.text, res.finish_reason = str(content), choice.get("finish_reason")
+            if res.finish_reason == "length" and not self.accept_truncated:
+                res.error = "truncated"
+                res.error_detail = f"reply cut off at max_tokens={req.params.max_tokens} (finish_reason 'length'); raise max_tokens or accept truncated replies"
+                break
             if req.schema is None:
                 break
             try:

@@ -5,6 +5,13 @@ process group, behind a small watchdog that kills it if this process dies withou
 (SIGKILL included). `start()` waits until `GET /v1/models` answers; `stop()` terminates the
 group, then kills it. It is a context manager and is also stopped at interpreter exit.
 
+A `SharedServer` is one such server per host and configuration, shared by every step, process
+and run on the host (the embedded llama.cpp model uses it): the first user starts it under a
+file lock, later users join it, each user is listed (pid + start time) in a state file under
+`$DATAFLOW_HOME/servers/<host>/<key>/`, and the last user to leave stops it. Its watchdog reads
+the same file and stops the server when every listed user has died (SIGKILL included), so it is
+never orphaned. Every start is appended to `starts.log` in that folder (`server_starts()`).
+
 Nothing here imports llama_cpp or vllm: they run only in the subprocess, so this module works
 where they are not installed (the error comes when a server is started).
 """
@@ -13,9 +20,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import glob
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -27,14 +36,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 log = logging.getLogger("resources.llm")
 
+from ._watchdog import process_start, user_alive
+
 _WATCHDOG = str(Path(__file__).with_name("_watchdog.py"))
-_RUNNING: set["ManagedServer"] = set()
+_RUNNING: set[Any] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -195,6 +207,248 @@ class ManagedServer:
         self.stop()
 
 
+# --------------------------------------------------------------------------- one server per host
+
+
+def _home(home: str | os.PathLike | None = None) -> Path:
+    return Path(home or os.environ.get("DATAFLOW_HOME", ".dataflow")).expanduser().resolve()
+
+
+def servers_dir(home: str | os.PathLike | None = None) -> Path:
+    """Where this host's shared servers keep their lock, state, starts log and server log."""
+    return _home(home) / "servers" / socket.gethostname()
+
+
+def server_starts(home: str | os.PathLike | None = None, key: str | None = None) -> list[dict[str, Any]]:
+    """Every start of a shared server on this host (one JSON line each in `starts.log`), oldest
+    first; `key` limits it to one configuration."""
+    out: list[dict[str, Any]] = []
+    root = servers_dir(home)
+    for path in sorted(root.glob(f"{key or '*'}/starts.log")):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return sorted(out, key=lambda e: e.get("time", 0))
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return process_start(pgid) is not None or _any_in_group(pgid)
+
+
+def _any_in_group(pgid: int) -> bool:
+    """A live (non-zombie) process in the group (the leader may be a zombie while its child lives)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for d in entries:
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def _kill_group(pgid: int, timeout_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class SharedServer:
+    """One managed server per host and configuration, reference-counted across processes.
+
+    `cmd` may contain `{port}`; `key` names the configuration (default: a hash of the command).
+    `start()` joins the running server or starts it (under the lock in
+    `servers_dir(home)/<key>/`); `stop()` leaves, and the last user stops the server. The same
+    interface as `ManagedServer` (`base_url`, `running`, `start`, `stop`, context manager), so
+    `OpenAIClient(server=...)` uses either. One object is one user; several objects in one
+    process are several users.
+    """
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        *,
+        key: str | None = None,
+        name: str = "server",
+        home: str | os.PathLike | None = None,
+        host: str = "127.0.0.1",
+        health_path: str = "/v1/models",
+        startup_timeout_s: float = 180.0,
+        stop_timeout_s: float = 10.0,
+        env: dict[str, str] | None = None,
+        identity: str | None = None,
+    ):
+        self.cmd_template = [str(c) for c in cmd]
+        self.name, self.host, self.health_path = name, host, health_path
+        self.startup_timeout_s, self.stop_timeout_s, self.env = startup_timeout_s, stop_timeout_s, env
+        self.key = key or hashlib.blake2b(json.dumps([name, self.cmd_template, sorted((env or {}).items())]).encode(), digest_size=8).hexdigest()
+        self.dir = servers_dir(home) / self.key
+        self.identity = identity or f"{name}:{self.key}"
+        self.port: int | None = None
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"{self.name}: not started")
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        return self._token is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The server group's leader (its watchdog), while this user holds it."""
+        state = self._read()
+        return state.get("pid") if state and self.running else None
+
+    def __repr__(self) -> str:
+        return f"SharedServer({self.name!r}, key={self.key}, {'joined ' + self.base_url if self.running else 'not joined'})"
+
+    # -- state ---------------------------------------------------------------------------------
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_name(f".state.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)  # the watchdog reads it without the lock: never half-written
+
+    def _healthy(self, port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{port}{self.health_path}", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "SharedServer":
+        with self._lock:
+            if self.running:
+                return self
+            self.dir.mkdir(parents=True, exist_ok=True)
+            me = {"pid": os.getpid(), "start": process_start(os.getpid()), "token": uuid.uuid4().hex}
+            with _flock(self.dir / "lock"):
+                state = self._read()
+                if state and _group_alive(state["pid"]) and self._healthy(state["port"]):
+                    state["users"] = [u for u in state.get("users", []) if user_alive(u)] + [me]
+                    self._write(state)
+                else:
+                    if state and _group_alive(state["pid"]):  # alive but not answering: replace it
+                        log.warning("%s (pid %s) does not answer; starting a new one", self.name, state["pid"])
+                        _kill_group(state["pid"], self.stop_timeout_s)
+                    state = self._spawn(me)
+            self.port, self._token = state["port"], me["token"]
+            with _RUNNING_LOCK:
+                _RUNNING.add(self)
+            log.info("%s joined at %s (%d users)", self.name, self.base_url, len(state["users"]))
+            return self
+
+    def _spawn(self, me: dict[str, Any]) -> dict[str, Any]:
+        """Start the server (caller holds the lock); returns the new state with `me` as its user."""
+        port = free_port(self.host)
+        cmd = [c.replace("{port}", str(port)) for c in self.cmd_template]
+        log.info("starting shared %s: %s (log %s)", self.name, " ".join(cmd), self.log_path)
+        with open(self.log_path, "wb") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, _WATCHDOG, "--users", str(self.state_path), "--", *cmd],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {})},
+                start_new_session=True,  # own process group, and it outlives this process while others use it
+            )
+        state = {"pid": proc.pid, "port": port, "cmd": cmd, "started": time.time(), "users": [me]}
+        self._write(state)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self._healthy(port):
+            code = proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                _kill_group(proc.pid, self.stop_timeout_s)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+                with contextlib.suppress(OSError):
+                    self.state_path.unlink()
+                why = f"exited with code {code}" if code is not None else f"not healthy after {self.startup_timeout_s:g}s"
+                raise ServerStartError(f"{self.name} {why}:\n{self.log_tail()}")
+            time.sleep(0.2)
+        with open(self.dir / "starts.log", "a") as f:
+            f.write(json.dumps({"time": time.time(), "key": self.key, "pid": proc.pid, "port": port, "by": os.getpid(), "host": socket.gethostname()}) + "\n")
+        log.info("%s ready at http://%s:%d (pid %d)", self.name, self.host, port, proc.pid)
+        return state
+
+    def stop(self) -> None:
+        """Leave; the last user stops the server."""
+        with self._lock:
+            if self._token is None:
+                return
+            token, self._token = self._token, None
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self)
+            with contextlib.suppress(FileNotFoundError):  # the home was removed: nothing to leave
+                with _flock(self.dir / "lock"):
+                    state = self._read()
+                    if state is None:
+                        return
+                    users = [u for u in state.get("users", []) if u.get("token") != token and user_alive(u)]
+                    if users:
+                        state["users"] = users
+                        self._write(state)
+                        return
+                    with contextlib.suppress(OSError):
+                        self.state_path.unlink()
+                    _kill_group(state["pid"], self.stop_timeout_s)
+                    log.info("%s stopped (last user left)", self.name)
+
+    def __enter__(self) -> "SharedServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 # --------------------------------------------------------------------------- llama.cpp
 
 
@@ -229,18 +483,72 @@ def resolve_model_path(model_path: str | os.PathLike | None) -> Path:
     return found
 
 
-@lru_cache(maxsize=None)
-def gguf_identity(path: str) -> str:
-    """A stable identity for a GGUF file: name, size and a hash of its head and tail (fast)."""
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike, home: str | os.PathLike | None = None) -> str:
+    """The SHA-256 of a (model) file, computed once per (path, size, mtime): memoized in this
+    process and in `$DATAFLOW_HOME/cache/file-hashes/`, so a 100 MB GGUF is not re-read per run."""
+    p = Path(path).resolve()
+    st = p.stat()
+    sig = (str(p), st.st_size, st.st_mtime_ns)
+    if sig in _HASHES:
+        return _HASHES[sig]
+    memo = _home(home) / "cache" / "file-hashes" / (hashlib.blake2b(str(p).encode(), digest_size=12).hexdigest() + ".json")
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(memo.read_text())
+        if (saved["path"], saved["size"], saved["mtime_ns"]) == sig:
+            _HASHES[sig] = saved["sha256"]
+            return saved["sha256"]
+    with open(p, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    _HASHES[sig] = digest
+    with contextlib.suppress(OSError):
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": sig[0], "size": sig[1], "mtime_ns": sig[2], "sha256": digest}))
+        os.replace(tmp, memo)
+    return digest
+
+
+# options that do not change what the model answers (where and how fast it runs)
+_VOLATILE_FLAGS = frozenset({"--host", "--port", "--n_threads", "--n_threads_batch", "--model", "--model_alias"})
+
+
+def _answer_args(cmd: Sequence[str]) -> list[str]:
+    """The server arguments that can change an answer: the command minus host, port, threads,
+    model path (identified by its hash instead) and alias."""
+    out, skip = [], False
+    for tok in cmd:
+        if skip:
+            skip = False
+            continue
+        flag = tok.split("=", 1)[0]
+        if flag in _VOLATILE_FLAGS:
+            skip = "=" not in tok
+            continue
+        out.append(tok)
+    return out
+
+
+def _llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return "?"
+
+
+def gguf_identity(path: str | os.PathLike, *, n_ctx: int | None = None, server_args: Sequence[str] = (), home: str | os.PathLike | None = None) -> str:
+    """The cache identity of a llama.cpp model: file name, size, the file's SHA-256 (which covers
+    the weights and the chat template stored in the GGUF), plus a hash of the context size, the
+    server arguments that can change an answer (chat format overrides, sampling defaults, ...) and
+    the llama-cpp-python version: `llamacpp:<name>:<size>:<sha16>:<config12>`."""
     p = Path(path)
     size = p.stat().st_size
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read(1 << 20))
-    return f"llamacpp:{p.name}:{size}:{h.hexdigest()[:12]}"
+    config = json.dumps({"n_ctx": n_ctx, "args": list(server_args), "llama_cpp": _llama_cpp_version()}, sort_keys=True)
+    return f"llamacpp:{p.name}:{size}:{file_sha256(p, home)[:16]}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
 
 
 @lru_cache(maxsize=None)
@@ -264,8 +572,14 @@ def llamacpp_server(
     extra_args: Sequence[str] = (),
     startup_timeout_s: float = 120.0,
     log_path: str | os.PathLike | None = None,
-) -> ManagedServer:
-    """A (not yet started) llama.cpp server for a local GGUF (default: SmolLM2-135M-Instruct)."""
+    shared: bool = True,
+    home: str | os.PathLike | None = None,
+) -> "SharedServer | ManagedServer":
+    """A (not yet started) llama.cpp server for a local GGUF (default: SmolLM2-135M-Instruct).
+
+    `shared=True` (default): one server per host and configuration (`SharedServer`), reused by
+    every step, process and run, so a backfill loads the model once. `shared=False` (or a fixed
+    `port`): a private `ManagedServer` owned by this process."""
     if not llama_cpp_installed():
         raise ModuleNotFoundError("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]'")
     path = resolve_model_path(model_path)
@@ -287,8 +601,16 @@ def llamacpp_server(
             cmd += [flag, str(parallel)]
             break
     cmd += list(extra_args)
-    srv = ManagedServer(cmd, port=port, name="llamacpp", startup_timeout_s=startup_timeout_s, log_path=log_path)
-    srv.model_path, srv.identity, srv.n_threads = path, gguf_identity(str(path)), threads  # type: ignore[attr-defined]
+    identity = gguf_identity(path, n_ctx=n_ctx, server_args=_answer_args(cmd[3:]), home=home)
+    srv: Any
+    if shared and port is None:
+        st = path.stat()
+        key = hashlib.blake2b(json.dumps([cmd, st.st_size, st.st_mtime_ns]).encode(), digest_size=8).hexdigest()
+        srv = SharedServer(cmd, key=f"llamacpp-{key}", name="llamacpp", home=home, startup_timeout_s=startup_timeout_s, identity=identity)
+    else:
+        srv = ManagedServer(cmd, port=port, name="llamacpp", startup_timeout_s=startup_timeout_s, log_path=log_path)
+        srv.identity = identity  # type: ignore[attr-defined]
+    srv.model_path, srv.n_threads = path, threads  # type: ignore[attr-defined]
     return srv
 
 

@@ -133,10 +133,17 @@ def test_llamacpp_launcher_command(monkeypatch, tmp_path):
     gguf.write_bytes(b"GGUF" + b"\0" * 100)
     monkeypatch.setattr(servers, "llama_cpp_installed", lambda: True)
     monkeypatch.setattr(servers, "_llama_server_flags", lambda py: frozenset({"--model", "--port"}))
-    srv = servers.llamacpp_server(gguf, n_threads=3, n_ctx=512)
+    monkeypatch.setenv("DATAFLOW_HOME", str(tmp_path / "home"))
+    srv = servers.llamacpp_server(gguf, n_threads=3, n_ctx=512, shared=False)
     cmd = srv.cmd
     assert cmd[1:3] == ["-m", "llama_cpp.server"] and cmd[cmd.index("--model") + 1] == str(gguf)
     assert cmd[cmd.index("--n_threads") + 1] == "3" and cmd[cmd.index("--port") + 1] == str(srv.port)
     assert srv.identity.startswith("llamacpp:tiny.gguf:104:")
+    # the default: one server per host for this configuration, same identity, port chosen at start
+    shared = servers.llamacpp_server(gguf, n_threads=3, n_ctx=512)
+    assert isinstance(shared, servers.SharedServer) and shared.identity == srv.identity
+    assert shared.cmd_template[shared.cmd_template.index("--port") + 1] == "{port}"
+    assert shared.dir.parent == tmp_path / "home" / "servers" / __import__("socket").gethostname()
+    assert servers.llamacpp_server(gguf, n_threads=3, n_ctx=1024).key != shared.key
     with pytest.raises(FileNotFoundError):
         servers.llamacpp_server(tmp_path / "missing.gguf")
