@@ -13,7 +13,8 @@ Fault names: 429 (with Retry-After, `retry_after` seconds), 500, 503, 400, 401 (
 bearer key in its message, as OpenAI does), slow (sleeps
 `slow_s` before answering, past the client's timeout), reset (drops the connection),
 truncated (a body cut short of its Content-Length), malformed (200 with a non-JSON body),
-badschema (valid reply whose content violates the schema), empty (no choices).
+badschema (valid reply whose content violates the schema), empty (no choices), length (a normal
+reply with finish_reason "length", as when cut off at max_tokens).
 Attempts are counted per prompt (the first user message), so a repair turn counts as the next
 attempt. `latency` (fixed seconds, or a (lo, hi) range drawn per request) makes replies arrive
 out of order.
@@ -263,7 +264,8 @@ class LoopbackLLMServer:
         if fault == "empty":
             choices: list[dict[str, Any]] = []
         else:
-            choices = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
+            finish = "length" if fault == "length" else "stop"  # length: a reply cut off at max_tokens
+            choices = [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}]
         payload = {
             "id": f"chatcmpl-{self.requests}",
             "object": "chat.completion",
