@@ -13,13 +13,18 @@ Conventions
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import hashlib
+import importlib
 import inspect
 import json
 import re
+import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar, Iterator, Mapping
 
 import polars as pl
@@ -161,12 +166,10 @@ class Operator:
         return dict(self._config)
 
     def version_parts(self) -> list[Any]:
-        """What the code_version hashes: class source and configuration (LLM ops add prompt text)."""
-        try:
-            source = inspect.getsource(type(self))
-        except (OSError, TypeError):
-            source = type(self).__qualname__
-        return [type(self).__module__, type(self).__qualname__, source, self._config]
+        """What the code_version hashes: the project code this operator executes (its class, its
+        project base classes and every project function, class or module-level value they reference,
+        transitively; see `code_closure`) and its configuration (LLM ops add prompt text)."""
+        return [type(self).__module__, type(self).__qualname__, code_closure(type(self)), self._config]
 
     def code_version(self) -> str:
         return stable_hash(*self.version_parts())
@@ -251,6 +254,162 @@ class Filter(Operator):
         if ID in frame.columns:
             self.last_report.dropped_ids = dropped.select(ID, pl.col("__drop_reason").alias("reason"))
         return marked.filter(pl.col("__drop_reason").is_null()).drop("__drop_reason")
+
+
+# --------------------------------------------------------------------------- code versions
+
+# Top-level packages of this project: code in them that an operator references is part of its version.
+PROJECT_PACKAGES = frozenset({"operators", "resources", "dataflow_assets", "sensors"})
+
+
+def _is_project_module(name: str, anchor: str) -> bool:
+    """A module of this project (or of the package the operator itself lives in), never a library."""
+    top = name.split(".")[0]
+    if top not in PROJECT_PACKAGES and top != anchor:
+        return False
+    file = getattr(sys.modules.get(name), "__file__", None) or ""
+    return "site-packages" not in file or top in PROJECT_PACKAGES
+
+
+@dataclass(frozen=True)
+class _ModuleIndex:
+    """One module's top-level definitions (name -> source text) and imports (name -> (module, attr))."""
+
+    defs: dict[str, str]
+    imports: dict[str, tuple[str, str | None]]
+
+
+def _imports_of(nodes: Any, module: str) -> dict[str, tuple[str, str | None]]:
+    """`import a.b as c` -> c: (a.b, None); `from a.b import x as y` -> y: (a.b, x); relative imports resolved."""
+    out: dict[str, tuple[str, str | None]] = {}
+    package = module if hasattr(sys.modules.get(module), "__path__") else module.rpartition(".")[0]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                out[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0], None)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            for a in node.names:
+                out[a.asname or a.name] = (base, a.name)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _module_index(module: str) -> _ModuleIndex | None:
+    try:
+        source = inspect.getsource(sys.modules.get(module) or importlib.import_module(module))
+        tree = ast.parse(source)
+    except (ImportError, OSError, TypeError, SyntaxError):
+        return None
+    defs: dict[str, str] = {}
+    lines = source.splitlines()
+
+    def text(node: ast.stmt) -> str:  # the statement with its decorators, dedented
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        return textwrap.dedent("\n".join(lines[first - 1 : node.end_lineno])) + "\n"
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defs[node.name] = text(node)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name):
+                            defs[name.id] = defs.get(name.id, "") + text(node)
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                visit([*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])])
+
+    visit(tree.body)
+    return _ModuleIndex(defs, _imports_of(ast.walk(tree), module))
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return [node.id, *reversed(parts)]
+
+
+def _references(source: str, module: str, index: _ModuleIndex, anchor: str) -> set[tuple[str, str]]:
+    """The project definitions (module, name) that `source` (a definition in `module`) refers to."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return set()
+    imports = {**index.imports, **_imports_of(ast.walk(tree), module)}  # function-level imports too
+    found: set[tuple[str, str]] = set()
+    for node in ast.walk(tree):
+        chain = _dotted(node) if isinstance(node, (ast.Name, ast.Attribute)) else None
+        if not chain:
+            continue
+        head, rest = chain[0], chain[1:]
+        if head in imports:
+            mod, attr = imports[head]
+            if attr is not None:
+                if f"{mod}.{attr}" in sys.modules:  # `from pkg import submodule`
+                    mod, attr = f"{mod}.{attr}", None
+                else:
+                    if _is_project_module(mod, anchor):
+                        found.add((mod, attr))
+                    continue
+            while rest and f"{mod}.{rest[0]}" in sys.modules:  # `import a.b` then `a.b.c.f`
+                mod, rest = f"{mod}.{rest[0]}", rest[1:]
+            if rest and _is_project_module(mod, anchor):
+                found.add((mod, rest[0]))
+        elif head in index.defs:
+            found.add((module, head))
+    return found
+
+
+@lru_cache(maxsize=None)
+def code_closure(cls: type) -> tuple[tuple[str, str], ...]:
+    """The project code an operator class executes: the class's source, its project base classes and
+    every project function, class or module-level value they reference, followed transitively across
+    the project's modules (also through imports inside functions). Returns sorted
+    (`module.name`, hash of its source) pairs, so editing a shared helper such as `duplicate_stats`
+    changes the version of exactly the operators that use it, and nothing else's.
+
+    Found statically (`ast`), by name: a reference made only dynamically (`getattr(module, name)`)
+    is not followed; library code (outside the project's packages) is not hashed.
+    """
+    module, anchor = cls.__module__, cls.__module__.split(".")[0]
+    index = _module_index(module)
+    if index is None or "." in cls.__qualname__ or cls.__qualname__ not in index.defs:
+        try:  # a class made in a function or a notebook: its own source, its references in its module
+            source = textwrap.dedent(inspect.getsource(cls))
+        except (OSError, TypeError):
+            source = cls.__qualname__
+        start = {(module, cls.__qualname__): source}
+    else:
+        start = {(module, cls.__qualname__): index.defs[cls.__qualname__]}
+    for base in cls.__mro__[1:]:
+        if base is not object and _is_project_module(base.__module__, anchor):
+            base_index = _module_index(base.__module__)
+            if base_index is not None and base.__qualname__ in base_index.defs:
+                start[(base.__module__, base.__qualname__)] = base_index.defs[base.__qualname__]
+    seen: dict[tuple[str, str], str] = {}
+    todo = list(start.items())
+    while todo:
+        (mod, name), source = todo.pop()
+        if (mod, name) in seen:
+            continue
+        seen[(mod, name)] = source
+        mod_index = _module_index(mod)
+        if mod_index is None:
+            continue
+        for ref in _references(source, mod, mod_index, anchor):
+            ref_index = _module_index(ref[0])
+            if ref not in seen and ref_index is not None and ref[1] in ref_index.defs:
+                todo.append((ref, ref_index.defs[ref[1]]))
+    return tuple(sorted((f"{m}.{n}", hashlib.blake2b(s.encode(), digest_size=8).hexdigest()) for (m, n), s in seen.items()))
 
 
 # --------------------------------------------------------------------------- registry
@@ -477,11 +636,23 @@ def output_of(stages: list[Stage], pipeline: str = "pipeline") -> str:
     raise PipelineCheckError(f"{pipeline}.forward() must return the output of an operator call")
 
 
+SOURCE_ID = "source_id"
+
+
 def with_row_ids(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     """Add a stable `_id`: a hash of the source name and the row's content, plus an occurrence
-    counter so exact duplicate rows stay distinct (and dedup can still see them)."""
+    counter so exact duplicate rows stay distinct (and dedup can still see them).
+
+    Input rows that carry their own id keep it, right after `_id`, so users can join back: an input
+    `_id` column becomes `source_id` (`source__id` if the input also has a `source_id`), an `id`
+    column stays `id`."""
+    if ID in frame.columns:
+        frame = frame.rename({ID: SOURCE_ID if SOURCE_ID not in frame.columns else f"source_{ID}"})
+    own = [c for c in (SOURCE_ID, f"source_{ID}", "id") if c in frame.columns]
+    if own:
+        frame = frame.select(*own, pl.exclude(own))
     if frame.height == 0:
-        return frame.with_columns(pl.lit(None, dtype=pl.String).alias(ID))
+        return frame.with_columns(pl.lit(None, dtype=pl.String).alias(ID)).select(ID, pl.exclude(ID))
     content = frame.select(pl.struct(pl.all()).struct.json_encode().alias("c")).get_column("c")
     # hashlib per row: Polars' own hash is not stable across versions, and an id must be.
     digests = pl.Series(

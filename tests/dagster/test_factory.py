@@ -140,3 +140,60 @@ def test_parallel_processes_never_fail_on_duckdb_lock(dataflow_home, tmp_path):
     con = duckdb.connect(str(dataflow_home / "catalog.duckdb"), read_only=True)
     assert con.execute("select count(*) from toy.min_words").fetchone()[0] == 100
     con.close()
+
+
+# --------------------------------------------------------------------------- staleness sees all code
+
+_VERSIONS = """
+import json
+from dataflow_assets.pipelines.text_pt import TextPretrainPipeline
+print(json.dumps({s.name: s.code_version() for s in TextPretrainPipeline().trace()}))
+"""
+
+
+def _edit_function(path: Path, name: str) -> None:
+    """Insert a real statement at the top of function `name`'s body (a code change, not a comment)."""
+    import ast
+
+    source = path.read_text()
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == name)
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):  # after the docstring
+        first = node.body[1]
+    lines = source.splitlines(keepends=True)
+    indent = " " * first.col_offset
+    lines.insert(first.lineno - 1, f"{indent}_edited = 1  # changed helper\n")
+    path.write_text("".join(lines))
+
+
+def _stage_versions(root: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _VERSIONS], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it_stale(tmp_path):
+    """`code_version` hashes the project code an operator executes, across modules: editing
+    `duplicate_stats` (operators/text/_common.py), `c4_clean_lines` (refiners.py) or the n-gram
+    repetition kernel (repetition.py) in a copy of the package changes the versions of the text_pt
+    stages whose operators call them, and of no other stage."""
+    import shutil
+
+    from dataflow_assets.pipelines.text_pt import TextPretrainPipeline
+
+    baseline = {s.name: s.code_version() for s in TextPretrainPipeline().trace()}
+    cases = {
+        ("operators/text/_common.py", "duplicate_stats"): {"gopher_repetition", "fineweb_quality"},
+        ("operators/text/refiners.py", "c4_clean_lines"): {"c4_lines", "c4_quality"},
+        ("operators/text/repetition.py", "ngram_repetition"): {"gopher_repetition"},
+    }
+    for (file, function), expected in cases.items():
+        root = tmp_path / function
+        for pkg in ("operators", "dataflow_assets", "resources", "sensors"):
+            shutil.copytree(REPO / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        _edit_function(root / file, function)
+        versions = _stage_versions(root)
+        assert set(versions) == set(baseline)
+        changed = {k for k in baseline if versions[k] != baseline[k]}
+        assert changed == expected, (function, changed)
