@@ -16,6 +16,7 @@ Answer forms recognised, in order of precedence (the last occurrence of a form w
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from typing import Any, Sequence
@@ -196,6 +197,17 @@ def parses(answer: str | None) -> bool:
     """Whether math-verify turned the answer into a mathematical object (a result holding only
     the input string back means it found nothing to parse, e.g. a sentence)."""
     return any(not isinstance(x, str) for x in parse_answer(answer))
+
+
+_LATEX_CMD = re.compile(r"\\text\s*\{[^{}]*\}|\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def is_symbolic(answer: str | None) -> bool:
+    """Whether `answer` is mathematics that math-verify can judge: it parses, and holds no prose
+    word (three or more letters outside LaTeX commands and `\\text{}`), which math-verify would
+    read as a product of symbols."""
+    return answer is not None and parses(answer) and not _WORD.search(_LATEX_CMD.sub(" ", answer))
 
 
 @register
