@@ -15,7 +15,10 @@ when their stage executes (definitions load before any resource exists).
 """
 
 
+import dataclasses
+import inspect
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,10 +26,10 @@ from typing import Any, Sequence
 import dagster as dg
 import polars as pl
 
-from dataflow_assets import progress
+from dataflow_assets import dedup, progress
 from dataflow_assets.checks import Gate, GateInput, gates_for
 from dataflow_assets.partitions import shard_partitions
-from operators.base import Pipeline, Stage, output_of, stable_hash, with_row_ids
+from operators.base import ID, Pipeline, Stage, output_of, stable_hash, with_row_ids
 from operators.io import QUARANTINE_SCHEMA, InputError, read_input
 from resources.storage import (
     QUARANTINE,
@@ -80,11 +83,51 @@ def score_summaries(frame: pl.DataFrame, columns: Sequence[str]) -> dict[str, An
     return out
 
 
-def stage_metadata(stage: Stage, frame_in: pl.DataFrame, out: pl.DataFrame, seconds: float) -> dict[str, Any]:
+def column_schema(schema: dict[str, Any]) -> dg.TableSchema:
+    """A Dagster table schema (`dagster/column_schema`) from a Polars schema."""
+    return dg.TableSchema(columns=[dg.TableColumn(str(c), str(t)) for c, t in schema.items()])
+
+
+def table_metadata(schema: dict[str, Any], rows: int | None = None) -> dict[str, Any]:
+    """Dagster's standard table metadata: `dagster/column_schema` and (after a run) `dagster/row_count`,
+    which the UI shows in the asset's header, its columns tab and its row-count plot."""
+    meta: dict[str, Any] = {"dagster/column_schema": dg.MetadataValue.table_schema(column_schema(schema))}
+    if rows is not None:
+        meta["dagster/row_count"] = dg.MetadataValue.int(rows)
+    return meta
+
+
+def dropped_preview(frame_in: pl.DataFrame, dropped_ids: pl.DataFrame | None, rows: int = PREVIEW_ROWS) -> dg.MetadataValue | None:
+    """A sample of the rows a filter dropped, each with its reason (first `rows` of every reason)."""
+    if dropped_ids is None or dropped_ids.height == 0 or ID not in frame_in.columns:
+        return None
+    sample = dropped_ids.filter(pl.int_range(pl.len()).over("reason") < rows).head(rows * 4)
+    joined = sample.join(frame_in, on=ID, how="left")
+    return preview(joined.select("reason", pl.exclude("reason")), rows * 4)
+
+
+def llm_provenance(out: pl.DataFrame, writes: Sequence[str]) -> dict[str, Any]:
+    """Model(s) and prompt version(s) that produced an LLM stage's columns (from the `<col>_meta` structs)."""
+    models, prompts = set(), set()
+    for col in writes:
+        dtype = out.schema.get(col)
+        if col.endswith("_meta") and isinstance(dtype, pl.Struct) and out.height:
+            fields = {f.name for f in dtype.fields}
+            meta = out.get_column(col).struct
+            if "model" in fields:
+                models.update(m for m in meta.field("model").unique().to_list() if m)
+            if "template" in fields:
+                prompts.update(t for t in meta.field("template").unique().to_list() if t)
+    return {"llm_model": ", ".join(sorted(models)) or "none", "prompt_version": ", ".join(sorted(prompts)) or "none"}
+
+
+def stage_metadata(stage: Stage, frame_in: pl.DataFrame, out: pl.DataFrame, seconds: float, partition: str | None = None) -> dict[str, Any]:
+    """Materialisation metadata of a stage. Its keys never repeat the definition's (`operator`,
+    `config`, ...), which the UI would otherwise hide behind the latest materialisation's values."""
     report = stage.operator.last_report
     added = [c for c in out.columns if c not in frame_in.columns]
     meta: dict[str, Any] = {
-        "operator": f"{type(stage.operator).__name__} ({stage.operator.display_name})",
+        "partition": partition or "all",
         "rows_in": frame_in.height,
         "rows_out": out.height,
         "rows_dropped": frame_in.height - out.height,
@@ -92,10 +135,16 @@ def stage_metadata(stage: Stage, frame_in: pl.DataFrame, out: pl.DataFrame, seco
         "columns_added": ", ".join(added) or "none",
         "wall_time_s": round(seconds, 3),
         "preview": preview(out),
+        **table_metadata(dict(out.schema), out.height),
         **score_summaries(out, stage.writes),
     }
+    dropped = dropped_preview(frame_in, report.dropped_ids if report else None)
+    if dropped is not None:
+        meta["dropped_preview"] = dropped
     if report and report.modified is not None:
         meta["rows_modified"] = report.modified
+    if stage.operator.needs_llm:
+        meta.update(llm_provenance(out, stage.writes))
     if report and report.llm:
         llm = report.llm
         meta.update(
@@ -153,13 +202,18 @@ def pipeline_assets(
     gates: Sequence[Gate] = (),
     rename: dict[str, str] | None = None,
     partitioned: bool = True,
+    empty_filter: str | None = None,
 ) -> list[dg.AssetsDefinition]:
     """Turn `pipeline` into Dagster assets: source -> one asset per stage -> dataset, and the catalog.
 
     `gates` are extra quality checks attached to named stages (on top of schema / non_empty /
     unique_id on every stage). `rename` maps input fields to the pipeline's column names.
+    `empty_filter` ("warn", the default, or "block"; else the pipeline's `empty_filter` attribute):
+    whether a filter that empties a shard warns or blocks its downstream.
     """
     name = pipeline.pipeline_name
+    empty_filter = empty_filter or getattr(pipeline, "empty_filter", "warn")
+    owners = owners_of(pipeline)
     stages = pipeline.trace()
     parts = shard_partitions(name) if partitioned else None
     final = output_of(stages, type(pipeline).__name__)
@@ -175,6 +229,7 @@ def pipeline_assets(
         partitions_def=parts,
         code_version=stable_hash(required, rename, "source-v1"),
         kinds={"polars", "parquet"},
+        owners=owners or None,
         required_resource_keys={"store"},
         description=f"Input rows of {name} for one shard, with a stable `_id`; malformed rows go to {name}.quarantine.",
     )
@@ -206,12 +261,15 @@ def pipeline_assets(
                 "quarantine_reasons": dg.MetadataValue.json({r: n for r, n in reasons.iter_rows()} if reasons is not None else {}),
                 "wall_time_s": round(time.perf_counter() - start, 3),
                 "preview": preview(frame),
+                **table_metadata(dict(frame.schema), frame.height),
             }
         )
 
     assets: list[dg.AssetsDefinition] = [source]
     for stage in stages:
-        assets.append(_stage_asset(name, stage, parts, key, [*gates]))
+        if dedup.is_dataset_wide(stage):  # dedup across every partition: signatures -> index -> the stage applies
+            assets.extend(dedup.dataset_wide_assets(name, stage, stage.upstream or SOURCE, parts, key, partition_of))
+        assets.append(_stage_asset(name, stage, parts, key, [*gates], empty_filter, owners))
 
     # -- dataset (export of one partition) --------------------------------------------------
     @dg.asset(
@@ -222,8 +280,9 @@ def pipeline_assets(
         code_version="dataset-v1",
         automation_condition=AUTOMATION,
         kinds={"parquet", "json"},
+        owners=owners or None,
         required_resource_keys={"store"},
-        description=f"Training-ready export of {name} for one shard (jsonl + parquet + manifest).",
+        description=f"Training-ready export of {name} for one shard (jsonl + parquet + manifest): the output of its last stage, `{final}`.",
     )
     def dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         store: ParquetStore = context.resources.store
@@ -239,13 +298,19 @@ def pipeline_assets(
         store.write(name, DATASET, partition, frame)
         progress.notify(pipeline=name, stage=DATASET, rows=frame.height)
         return dg.MaterializeResult(
-            metadata={"rows": frame.height, "path": str(folder / f"{stem}.parquet"), "manifest": dg.MetadataValue.json(manifest["rows"])}
+            metadata={
+                "partition": stem,
+                "rows": frame.height,
+                "path": str(folder / f"{stem}.parquet"),
+                "manifest": dg.MetadataValue.json(manifest["rows"]),
+                **table_metadata(dict(frame.schema), frame.height),
+            }
         )
 
     # -- catalog + assembled export ------------------------------------------------------
     @dg.asset(
         key=key(CATALOG),
-        deps=[key(SOURCE), *[key(s.name) for s in stages], key(DATASET)],
+        deps=[key(DATASET)],  # lineage: the export; its views also span every stage's files
         group_name=name,
         pool=CATALOG_POOL,
         code_version="catalog-v1",
@@ -264,15 +329,56 @@ def pipeline_assets(
     return [*assets, dataset, catalog]
 
 
-def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -> dg.AssetsDefinition:
+def stage_gates(stage: Stage, extra_gates: list[Gate], empty_filter: str = "warn") -> list[Gate]:
+    """The checks of one stage: schema / non_empty / unique_id plus the pipeline's gates for it. A
+    filter may legitimately empty a shard, so with `empty_filter="warn"` (the default; a pipeline sets
+    `empty_filter = "block"` to change it) its `non_empty` check warns instead of blocking; schema and
+    uniqueness always block."""
+    gates = gates_for(stage.name, extra_gates)
+    if stage.operator.kind == "filter" and empty_filter == "warn":
+        gates = [dataclasses.replace(g, blocking=False) if g.name == "non_empty" else g for g in gates]
+    return gates
+
+
+def owners_of(pipeline: Pipeline) -> list[str]:
+    """Asset owners: `$DATAFLOW_OWNERS` (comma-separated emails or `team:name`), else the pipeline's
+    `owners` attribute."""
+    env = os.environ.get("DATAFLOW_OWNERS", "")
+    return [o.strip() for o in env.split(",") if o.strip()] or list(getattr(pipeline, "owners", ()) or ())
+
+
+def stage_definition_metadata(stage: Stage) -> dict[str, Any]:
+    """What the asset page shows before any run: the operator, its configuration, columns, output
+    schema and, for LLM stages, the prompt template's version and sampling parameters."""
+    op = stage.operator
+    meta: dict[str, Any] = {
+        "operator": repr(op),
+        "operator_class": f"{type(op).__module__}.{type(op).__qualname__}",
+        "config": dg.MetadataValue.json(_jsonable(op.config())),
+        "kind": op.kind,
+        "reads": ", ".join(stage.reads),
+        "writes": ", ".join(stage.writes),
+        **table_metadata(dict(stage.schema)),
+    }
+    template = getattr(op, "template", None)
+    if op.needs_llm and template is not None:
+        meta["prompt_template"] = f"{getattr(template, 'name', '')}@{getattr(template, 'version', '')}"
+        meta["prompt_version"] = str(getattr(template, "version", ""))
+    params = getattr(op, "params", None)
+    if op.needs_llm and params is not None:
+        meta["sampling"] = dg.MetadataValue.json(_jsonable(getattr(params, "__dict__", repr(params))))
+    return meta
+
+
+def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], empty_filter: str = "warn", owners: Sequence[str] = ()) -> dg.AssetsDefinition:
     op = stage.operator
     upstream = stage.upstream or SOURCE
-    gates = gates_for(stage.name, extra_gates)
-    doc = (type(op).__doc__ or "").strip().split("\n")[0]
+    gates = stage_gates(stage, extra_gates, empty_filter)
+    doc = inspect.getdoc(type(op)) or ""
 
     @dg.asset(
         key=key(stage.name),
-        deps=[key(upstream)],
+        deps=[key(upstream), *dedup.extra_deps(stage, key)],
         group_name=name,
         partitions_def=parts,
         code_version=stage.code_version(),
@@ -280,10 +386,12 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -
         retry_policy=LLM_RETRY if op.needs_llm else None,
         automation_condition=AUTOMATION,
         kinds={"polars", "parquet"},
+        tags={"domain": op.domain or "custom", "operator_kind": op.kind, "needs_llm": "yes" if op.needs_llm else "no"},
+        owners=list(owners) or None,
         check_specs=[g.spec(key(stage.name)) for g in gates],
         required_resource_keys={"store", "llm"} if op.needs_llm else {"store"},
-        description=f"{type(op).__name__}: {doc}",
-        metadata={"operator": repr(op), "kind": op.kind, "reads": ", ".join(stage.reads), "writes": ", ".join(stage.writes)},
+        description=f"**{type(op).__name__}** (`{stage.name}`)\n\n{doc}",
+        metadata=stage_definition_metadata(stage),
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         store: ParquetStore = context.resources.store
@@ -294,7 +402,8 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -
             op.llm = context.resources.llm.client()  # the one binding mechanism, as Pipeline.bind_llm
             llm_before = _llm_stats(context.resources.llm)
         start = time.perf_counter()
-        out = stage.run(frame)
+        with dedup.stage_context(store, name, stage, partition):  # a dataset-wide dedup applies its index's decision
+            out = stage.run(frame)
         seconds = time.perf_counter() - start
         if llm_before is not None and op.last_report is not None:
             after = _llm_stats(context.resources.llm)
@@ -306,14 +415,27 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate]) -
             store.write(name, f"{stage.name}/_dropped", partition, report.dropped_ids.with_columns(pl.lit(stage.name).alias("stage")))
         source_rows = store.row_count(name, SOURCE, partition) or 0
         data = GateInput(out, source_rows, stage.writes)
-        results = [g.evaluate(key(stage.name), data) for g in gates]
+        results = [_with_partition(g.evaluate(key(stage.name), data), partition) for g in gates]
         for r in results:
             if not r.passed:
-                context.log.error(f"{name}/{stage.name}: quality gate {r.check_name!r} failed ({dict(r.metadata)})")
+                log = context.log.error if r.severity == dg.AssetCheckSeverity.ERROR else context.log.warning
+                log(f"{name}/{stage.name} [{partition or 'all'}]: quality gate {r.check_name!r} failed ({dict(r.metadata)})")
         progress.notify(pipeline=name, stage=stage.name, rows=out.height, rows_in=frame.height)
-        return dg.MaterializeResult(metadata=stage_metadata(stage, frame, out, seconds), check_results=results)
+        return dg.MaterializeResult(metadata=stage_metadata(stage, frame, out, seconds, partition), check_results=results)
 
     return _asset
+
+
+def _with_partition(result: dg.AssetCheckResult, partition: str | None) -> dg.AssetCheckResult:
+    """The check result, saying which partition it evaluated."""
+    return dg.AssetCheckResult(
+        asset_key=result.asset_key,
+        check_name=result.check_name,
+        passed=result.passed,
+        severity=result.severity,
+        metadata={"partition": partition or "all", **(result.metadata or {})},
+        description=result.description,
+    )
 
 
 def _llm_stats(resource: Any) -> dict[str, Any]:

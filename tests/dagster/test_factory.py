@@ -197,3 +197,56 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it_stale(tmp_
         assert set(versions) == set(baseline)
         changed = {k for k in baseline if versions[k] != baseline[k]}
         assert changed == expected, (function, changed)
+
+
+# --------------------------------------------------------------------------- asset pages
+
+
+def test_asset_pages_show_configuration_schema_tags_and_dropped_rows(dataflow_home, tmp_path, monkeypatch):
+    """What the asset page shows: the operator's configuration (not hidden by a materialisation key of
+    the same name), its full docstring, column schema, tags and owners; after a run `dagster/row_count`,
+    a sample of dropped rows with their reason, and check results naming their partition."""
+    monkeypatch.setenv("DATAFLOW_OWNERS", "team:data-prep")
+    assets = {a.key.path[-1]: a for a in toy_assets(band=(0.0, 1.0))}
+    spec = assets["min_words"].specs_by_key[dg.AssetKey(["toy", "min_words"])]
+    definition = {k: getattr(v, "value", v) for k, v in spec.metadata.items()}
+    assert definition["config"] == {"n": 3} and definition["operator"] == "MinWords(n=3)"
+    assert sorted(c.name for c in definition["dagster/column_schema"].columns) == ["_id", "text"]
+    assert {k: v for k, v in spec.tags.items() if not k.startswith("dagster/")} == {"domain": "custom", "operator_kind": "filter", "needs_llm": "no"}
+    assert spec.owners == ["team:data-prep"]
+    assert "Keep rows with at least `n` words" in spec.description
+    assert assets["catalog"].asset_deps[dg.AssetKey(["toy", "catalog"])] == {dg.AssetKey(["toy", "dataset"])}
+
+    key = _shard(tmp_path, "a.jsonl", ["One Two Three", "one", "two words", "Four five six seven"])
+    res = _materialize(list(assets.values()), key)
+    assert res.success
+    mats = {e.materialization.asset_key.path[-1]: e.materialization.metadata for e in res.get_asset_materialization_events()}
+    mw = mats["min_words"]
+    assert "operator" not in mw and "config" not in mw  # never shadows the definition's entries
+    assert mw["dagster/row_count"].value == 2 and mw["partition"].value == key
+    assert sorted(c.name for c in mw["dagster/column_schema"].value.columns) == ["_id", "text"]
+    dropped = mw["dropped_preview"].value
+    assert sorted(r.data["text"] for r in dropped.records) == ["one", "two words"]
+    assert {r.data["reason"] for r in dropped.records} == {"min_words"}
+    checks = [e for e in res.get_asset_check_evaluations() if e.asset_key.path[-1] == "min_words"]
+    assert {e.metadata["partition"].value for e in checks} == {key}
+
+
+def test_a_filter_that_empties_a_shard_warns_unless_the_pipeline_blocks(dataflow_home, tmp_path):
+    key = _shard(tmp_path, "short.jsonl", ["one", "two words"])  # min_words drops both rows
+    res = _materialize(toy_assets(band=(0.0, 1.0)), key)
+    assert res.success  # the export of an emptied shard is written, the check warns
+    check = next(e for e in res.get_asset_check_evaluations() if (e.asset_key.path[-1], e.check_name) == ("min_words", "non_empty"))
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    done = {e.materialization.asset_key.path[-1] for e in res.get_asset_materialization_events()}
+    assert "dataset" in done
+
+    from dataflow_assets.factory import pipeline_assets
+    from dataflow_assets.checks import kept_share_gate
+    from tests.dagster.toy_defs import Toy
+
+    blocking = pipeline_assets(Toy(), gates=[kept_share_gate("min_words", 0.0, 1.0)], empty_filter="block")
+    key2 = _shard(tmp_path, "short2.jsonl", ["three", "four words"])
+    res = _materialize(blocking, key2)
+    done = {e.materialization.asset_key.path[-1] for e in res.get_asset_materialization_events()}
+    assert not res.success and "min_words" in done and "dataset" not in done
