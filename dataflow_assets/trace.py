@@ -31,6 +31,17 @@ def _find(store: ParquetStore, pipeline: str, stage: str, row_id: str, partition
     return None, None
 
 
+def _twin(store: ParquetStore, pipeline: str, twin_id: str, partition: str | None, columns: list[str]) -> dict[str, Any]:
+    """The row a dropped duplicate duplicates: its `_id`, partition and (from the source) the columns compared."""
+    row, part = _find(store, pipeline, SOURCE, twin_id, partition)
+    if row is None and partition:
+        row, part = _find(store, pipeline, SOURCE, twin_id, None)
+    twin: dict[str, Any] = {ID: twin_id, "partition": part or partition}
+    if row is not None:
+        twin.update({c: row[c] for c in columns if c in row})
+    return twin
+
+
 def _prompt_from_cache(cache_key: str | None) -> dict[str, Any] | None:
     if not cache_key:
         return None
@@ -69,6 +80,8 @@ def trace_row(pipeline: str, row_id: str, partition: str | None = None, obj: Pip
             dropped, _ = _find(store, pipeline, st.name, row_id, partition, dropped=True)
             if dropped is not None:
                 step.update(status="dropped", reason=dropped.get("reason"))
+                if dropped.get("duplicate_of"):  # a dedup stage names the row this one duplicates
+                    step["duplicate_of"] = _twin(store, pipeline, dropped["duplicate_of"], dropped.get("duplicate_partition") or partition, st.reads)
             else:
                 step.update(status="missing (stage not materialised for this partition?)")
             steps.append(step)
@@ -100,7 +113,13 @@ def format_trace(steps: list[dict[str, Any]], width: int = 200) -> str:
         head = f"[{s['stage']}] {s['status']}" + (f" ({s.get('operator')})" if s.get("operator") else "")
         if s.get("reason"):
             head += f": {s['reason']}"
+        twin = s.get("duplicate_of")
+        if twin:
+            head += f", duplicate of {twin[ID]} (partition {twin.get('partition')})"
         lines.append(head)
+        for k, v in (twin or {}).items():
+            if k not in (ID, "partition"):
+                lines.append(f"    twin {k} = {short(v)}")
         for k, v in (s.get("values") or s.get("changed") or {}).items():
             lines.append(f"    {k} = {short(v)}")
         for call in s.get("llm", []):

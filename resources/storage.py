@@ -11,8 +11,11 @@ Layout under the home folder (`$DATAFLOW_HOME`, default `./.dataflow`):
     dagster/                                             DAGSTER_HOME
     cache/                                               the LLM generation cache
 
-Stages never open the DuckDB file: only `refresh_catalog` does, under an exclusive file lock, so
-parallel processes never fail on DuckDB's single-writer lock.
+Stages never open the DuckDB file: only `refresh_catalog` does, under an exclusive file lock, and it
+never writes the live file either: it updates a copy and renames it into place, so readers (`dataflow
+sql`, a `duckdb -readonly` session left open) keep the snapshot they opened and never block it.
+First-time setup of the home (Dagster's instance tables, the shard registry) runs under `setup_lock()`,
+so several processes starting at once on a fresh home do not race to create the same tables.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -35,11 +40,22 @@ UNPARTITIONED = "all"
 QUARANTINE = "_quarantine"
 
 
-def home() -> Path:
-    """The project home folder: `$DATAFLOW_HOME`, else `./.dataflow`."""
+def home(create: bool = True) -> Path:
+    """The project home folder: `$DATAFLOW_HOME`, else `./.dataflow` (created unless `create=False`)."""
     path = Path(os.environ.get("DATAFLOW_HOME", ".dataflow")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+PROJECT_STATE = ("shards.sqlite", "catalog.duckdb", "data", "dagster")
+
+
+def has_project_state(path: Path | None = None) -> bool:
+    """Whether `path` (default: the home) holds any project state: a read command pointed at a
+    folder without it says so instead of creating an empty home."""
+    path = path or home(create=False)
+    return path.is_dir() and any((path / name).exists() for name in PROJECT_STATE)
 
 
 def dagster_home() -> Path:
@@ -48,7 +64,7 @@ def dagster_home() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        write_text_atomic("telemetry:\n  enabled: false\n", config)  # never half a file for a racing reader
     return path
 
 
@@ -88,16 +104,50 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class LockTimeout(TimeoutError):
+    """A file lock was not free within its bound."""
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock (blocks until free)."""
+def file_lock(path: Path, timeout_s: float | None = None, what: str = "") -> Iterator[None]:
+    """An exclusive inter-process lock (`flock`; the kernel drops it when its holder dies, so a
+    killed process never leaves it held). Blocks until free, or raises `LockTimeout` after
+    `timeout_s` seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        if timeout_s is None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(f"{what or path}: still locked by another process after {timeout_s:.0f} s") from None
+                    time.sleep(0.05)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def setup_lock() -> Iterator[None]:
+    """Serialise first-time setup of the project home across processes (instance and registry tables)."""
+    with file_lock(home() / ".setup.lock", timeout_s=_env_float("DATAFLOW_SETUP_LOCK_TIMEOUT_S", 300), what="project setup"):
+        yield
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+_CATALOG_HELD: dict[str, int] = {}  # catalog lock path -> depth held by this process (the lock is reentrant)
 
 
 class ParquetStore(dg.ConfigurableResource):
@@ -136,18 +186,56 @@ class ParquetStore(dg.ConfigurableResource):
         path = self.path(pipeline, stage, partition)
         return pl.scan_parquet(path).select(pl.len()).collect().item() if path.exists() else None
 
-    def refresh_catalog(self, pipeline: str, stages: list[str]) -> list[str]:
+    @contextlib.contextmanager
+    def catalog_lock(self, timeout_s: float | None = None) -> Iterator[None]:
+        """The writers' lock on the catalog and the assembled export (reentrant within a process).
+        Waits at most `timeout_s` (default `$DATAFLOW_CATALOG_LOCK_TIMEOUT_S`, 300 s), then raises
+        `LockTimeout`. Readers never take it: they read a complete snapshot (see `refresh_catalog`)."""
+        lock = str(self.catalog_path.with_suffix(".lock"))
+        if _CATALOG_HELD.get(lock):
+            _CATALOG_HELD[lock] += 1
+            try:
+                yield
+            finally:
+                _CATALOG_HELD[lock] -= 1
+            return
+        bound = _env_float("DATAFLOW_CATALOG_LOCK_TIMEOUT_S", 300) if timeout_s is None else timeout_s
+        with file_lock(Path(lock), timeout_s=bound, what=f"catalog {self.catalog_path}"):
+            _CATALOG_HELD[lock] = 1
+            try:
+                yield
+            finally:
+                _CATALOG_HELD.pop(lock, None)
+
+    def refresh_catalog(self, pipeline: str, stages: list[str], attempts: int = 3) -> list[str]:
         """(Re)create one DuckDB view per stage with data: `<pipeline>.<stage>` over all its partitions.
 
-        Takes an exclusive file lock first, so concurrent refreshes queue instead of failing on
-        DuckDB's single-writer lock. Returns the views created.
+        Under the catalog lock, so concurrent refreshes queue. The live catalog file is never opened
+        for writing: the views go into a copy that is then renamed over it, so a reader holding the
+        old file open (a `duckdb -readonly` session, `dataflow sql`) keeps its snapshot and neither
+        blocks the refresh nor sees a half-made catalog. A failed attempt is retried (`attempts`).
+        Returns the views created.
         """
         import duckdb
 
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.catalog_lock(), atomic_path(self.catalog_path) as tmp:
+                    return self._write_views(duckdb, tmp, pipeline, stages)
+            except duckdb.Error:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.5 * attempt)
+        return []
+
+    def _write_views(self, duckdb, tmp: Path, pipeline: str, stages: list[str]) -> list[str]:
         created = []
-        with file_lock(self.catalog_path.with_suffix(".lock")):
+        tmp.unlink()
+        if self.catalog_path.exists():
+            shutil.copyfile(self.catalog_path, tmp)
+        try:
             # an older storage format, so the `duckdb` CLI (duckdb-cli, a release behind) can open it too
-            con = duckdb.connect(str(self.catalog_path), config={"storage_compatibility_version": "v1.2.0"})
+            con = duckdb.connect(str(tmp), config={"storage_compatibility_version": "v1.2.0"})
             try:
                 con.execute(f'create schema if not exists "{pipeline}"')
                 for stage in stages:
@@ -155,16 +243,21 @@ class ParquetStore(dg.ConfigurableResource):
                         (stage, self.base / pipeline / stage / "*.parquet"),
                         (f"{stage}_dropped", self.base / pipeline / stage / "_dropped" / "*.parquet"),
                     ):
+                        name = "quarantine" if view == QUARANTINE else view
                         if not list(pattern.parent.glob("*.parquet")):
+                            # no files (left): no view, rather than one that fails when queried
+                            con.execute(f'drop view if exists "{pipeline}"."{name}"')
                             continue
-                        name = "quarantine" if stage == QUARANTINE else view
                         con.execute(
                             f'create or replace view "{pipeline}"."{name}" as '
                             f"select * from read_parquet('{pattern}', union_by_name = true, filename = true)"
                         )
                         created.append(f"{pipeline}.{name}")
+                con.execute("checkpoint")
             finally:
                 con.close()
+        finally:
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
         return created
 
 
@@ -196,7 +289,14 @@ class ShardRegistry:
 
     def __init__(self, path: Path | None = None):
         self.path = path or home() / "shards.sqlite"
-        with self._connect() as con:
+        if self.path.exists():
+            self._create()
+        else:
+            with setup_lock():  # a fresh home: one process creates the file and its table
+                self._create()
+
+    def _create(self) -> None:
+        with contextlib.closing(self._connect()) as con, con:
             con.execute(
                 "create table if not exists shards (pipeline text, key text, path text, start integer, stop integer,"
                 " primary key (pipeline, key))"
@@ -210,11 +310,19 @@ class ShardRegistry:
     def add(self, pipeline: str, path: Path, start: int | None = None, stop: int | None = None) -> Shard:
         shard = Shard(pipeline, shard_key(path, start), str(path.resolve()), start, stop)
         with self._connect() as con:
+            # an upsert keeps the row (and its rowid, the registration order) of a re-registered shard
             con.execute(
-                "insert or replace into shards values (?, ?, ?, ?, ?)",
+                "insert into shards values (?, ?, ?, ?, ?) on conflict (pipeline, key) do update"
+                " set path = excluded.path, start = excluded.start, stop = excluded.stop",
                 (shard.pipeline, shard.key, shard.path, shard.start, shard.stop),
             )
         return shard
+
+    def in_registration_order(self, pipeline: str) -> list[str]:
+        """Partition keys of `pipeline` in the order they were first registered (dataset-wide dedup:
+        the earliest registered shard wins)."""
+        with contextlib.closing(self._connect()) as con:
+            return [k for (k,) in con.execute("select key from shards where pipeline = ? order by rowid", (pipeline,))]
 
     def get(self, pipeline: str, key: str) -> Shard:
         with self._connect() as con:
@@ -225,9 +333,26 @@ class ShardRegistry:
             raise KeyError(f"{pipeline}: unknown partition {key!r}; add it with `dataflow run` or the input sensor")
         return Shard(*row)
 
+    def remove(self, pipeline: str, key: str) -> Shard:
+        """Forget one partition (raises KeyError when unknown); returns what it was."""
+        shard = self.get(pipeline, key)
+        with contextlib.closing(self._connect()) as con, con:
+            con.execute("delete from shards where pipeline = ? and key = ?", (pipeline, key))
+        return shard
+
     def all(self, pipeline: str) -> list[Shard]:
         with self._connect() as con:
             rows = con.execute(
                 "select pipeline, key, path, start, stop from shards where pipeline = ? order by key", (pipeline,)
             ).fetchall()
         return [Shard(*r) for r in rows]
+
+
+def partition_files(store: ParquetStore, pipeline: str, key: str) -> list[Path]:
+    """Every file one partition left under the home: stage outputs, dropped rows, quarantine, and
+    its per-partition export (used by `dataflow partitions --remove`)."""
+    base = store.base / pipeline
+    files = [p for p in base.rglob(f"{key}.parquet") if p.is_file()] if base.is_dir() else []  # keys hold no glob characters
+    exports = home() / "exports" / pipeline / "partitions"
+    files += [p for p in (exports / f"{key}.parquet", exports / f"{key}.jsonl", exports / f"{key}.manifest.json") if p.is_file()]
+    return sorted(set(files))

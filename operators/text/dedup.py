@@ -1,17 +1,41 @@
-"""Document deduplication: exact (hash of the normalised text) and MinHash-LSH near-duplicates.
+"""Document deduplication: exact (hash of the normalised text) and MinHash-LSH near-duplicates,
+inside one frame or across a whole dataset.
 
-The MinHash is our own numpy implementation, vectorised over the whole batch: words are hashed
-once by Polars, word n-gram shingles are combined with numpy uint64 arithmetic, and the
-`num_perm` hash functions (random odd-multiplier affine maps mod 2^32) are applied to blocks of at most
-`block_shingles` shingles, reduced per document with `np.minimum.reduceat`; memory stays bounded by
-the block size (plus the signature matrix, num_perm x 4 bytes per document). LSH banding,
-candidate verification (estimated Jaccard >= threshold) and clustering (connected components by
-vectorised label propagation) are numpy/Polars too.
+Both filters split their work in three, so the Dagster layer can run them dataset-wide
+(`dataflow_assets/dedup.py`): `signatures()` computes small per-row keys (the exact hash; the
+MinHash signature and its LSH band keys), `decide()` compares one frame's keys with its own earlier
+rows and with the keys of any number of earlier frames, and `apply_decision()` drops the rows
+decided to be duplicates. Calling the filter on one frame is `decide()` with no earlier frame, so
+the dataset-wide result on a dataset split in shards equals the in-frame result on the shards
+concatenated in order (same rule, same recall).
+
+The rule: a row is a duplicate when an earlier row (earlier frame, or earlier in the same frame) is
+its twin: same normalised text (exact), or sharing an LSH bucket and an estimated Jaccard
+similarity >= `threshold` (near). A row's decision depends only on the rows before it, so adding a
+later shard never changes an earlier shard's kept set, and the kept set does not depend on the
+order in which shards are processed. Each dropped row records the `_id` of its earliest twin
+(`duplicate_of`).
+
+The MinHash is our own numpy implementation, vectorised over the whole batch: words are hashed once
+by Polars, word n-gram shingles are combined with numpy uint64 arithmetic and folded to 32 bits, and
+the `num_perm` hash functions are Dietzfelbinger's multiply-add-shift family
+h(x) = ((a*x + b) mod 2^64) >> 32 with random 64-bit a, b: strongly universal (2-independent) for
+32-bit keys whatever their structure (the former (a*x + b) mod 2^32 kept the input's low-bit
+structure, so inputs sharing low bits collapsed). Signatures are computed in blocks of at most
+`block_shingles` shingles and reduced per document with `np.minimum.reduceat`. LSH bucket members
+are verified pairwise (every member against every earlier member, not only the bucket's first row);
+rows with identical signatures are collapsed first, so boilerplate copies do not make quadratic
+buckets.
+
+Hashes are Polars' (stable within one Polars version), so the Polars version is part of the code
+version: upgrading Polars marks these stages stale and their signatures are recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
+from typing import ClassVar, Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -19,6 +43,18 @@ import polars as pl
 from operators.base import ID, Filter, register
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
+_VERIFY_CHUNK = 50_000
+
+# What `decide()` returns: one row per duplicate. `row` is the row's position in the new frame;
+# the twin is in the new frame (`twin_source` = -1) or in earlier frame number `twin_source`, at
+# position `twin_row`; `duplicate_of` is the twin's `_id` (null when the frames carry no `_id`).
+DECISION_SCHEMA = {
+    "row": pl.Int64,
+    ID: pl.String,
+    "twin_source": pl.Int32,
+    "twin_row": pl.Int64,
+    "duplicate_of": pl.String,
+}
 
 
 def _normalise(text: pl.Expr, lowercase: bool, strip_punct: bool) -> pl.Expr:
@@ -29,54 +65,187 @@ def _normalise(text: pl.Expr, lowercase: bool, strip_punct: bool) -> pl.Expr:
     return text.str.replace_all(r"\s+", " ").str.strip_chars(" ")
 
 
-def _representative_ids(frame: pl.DataFrame, rep_index: np.ndarray) -> pl.Series:
-    """The cluster id of each row: the `_id` of its representative row, else its row index."""
-    if ID in frame.columns:
-        return frame.get_column(ID).gather(rep_index)
-    return pl.Series(rep_index.astype(np.int64))
+def _ids(frame: pl.DataFrame) -> pl.Series:
+    return frame.get_column(ID).cast(pl.String) if ID in frame.columns else pl.Series(ID, [None] * frame.height, dtype=pl.String)
 
 
-def _duplicates_report(frame: pl.DataFrame, rep_index: np.ndarray) -> pl.DataFrame | None:
-    if ID not in frame.columns:
-        return None
-    dup = np.nonzero(rep_index != np.arange(len(rep_index)))[0]
-    ids = frame.get_column(ID)
-    return pl.DataFrame({ID: ids.gather(dup), "duplicate_of": ids.gather(rep_index[dup])})
+def _empty_decision() -> pl.DataFrame:
+    return pl.DataFrame(schema=DECISION_SCHEMA)
+
+
+def _as_lazy(frames: Iterable[pl.DataFrame | pl.LazyFrame]) -> Iterable[pl.LazyFrame]:
+    for f in frames:
+        yield f.lazy() if isinstance(f, pl.DataFrame) else f
+
+
+def _earliest(candidates: list[pl.DataFrame]) -> pl.DataFrame:
+    """Per `row`, the earliest twin: smallest (twin_source, twin_row) over earlier frames."""
+    if not candidates:
+        return pl.DataFrame(schema={"row": pl.Int64, "twin_source": pl.Int32, "twin_row": pl.Int64, "duplicate_of": pl.String})
+    return (
+        pl.concat(candidates)
+        .sort("twin_source", "twin_row")
+        .unique(subset="row", keep="first", maintain_order=True)
+    )
+
+
+class DatasetDedupFilter(Filter):
+    """Base of the dedup filters that also run across a whole dataset (see the module docstring):
+    `signatures()` -> `decide()` -> `apply_decision()`. Subclasses set `reason`."""
+
+    reason: ClassVar[str] = "duplicate"
+    # the role whose output column names the row's duplicate group on kept rows
+    group_role: ClassVar[str] = "group"
+    _decision: pl.DataFrame | None = None
+
+    def signatures(self, frame: pl.DataFrame, cols: dict[str, str | None]) -> pl.DataFrame:
+        """Row-aligned keys of `frame` (with `_id`): what a partition persists for the dataset-wide step."""
+        raise NotImplementedError
+
+    def decide(self, new: pl.DataFrame, earlier: Iterable[pl.DataFrame | pl.LazyFrame] = ()) -> pl.DataFrame:
+        """The duplicate rows of `new` (signatures) given the signatures of earlier frames, in order
+        (`DECISION_SCHEMA`)."""
+        raise NotImplementedError
+
+    def version_parts(self) -> list:
+        # signatures use Polars' hash, which is stable only within one Polars version
+        return [*super().version_parts(), "polars", pl.__version__]
+
+    def apply_decision(self, frame: pl.DataFrame, cols: dict[str, str | None], decision: pl.DataFrame) -> pl.DataFrame:
+        """Drop the rows of `decision` (matched by `_id`, or by position when `frame` has no `_id`);
+        record `duplicate_of` (and `duplicate_partition` when the decision has it) for every dropped row."""
+        extra = [c for c in ("duplicate_of", "duplicate_partition") if c in decision.columns]
+        if ID in frame.columns:
+            dropped = frame.get_column(ID).is_in(decision.get_column(ID).drop_nulls().implode())
+        else:
+            dropped = pl.Series(np.isin(np.arange(frame.height), decision.get_column("row").to_numpy()))
+        group = cols.get(self.group_role)
+        if group:
+            own = frame.get_column(ID) if ID in frame.columns else pl.Series(np.arange(frame.height, dtype=np.int64))
+            frame = frame.with_columns(own.alias(group))
+        out = self.apply_keep(frame, {self.reason: ~dropped})
+        report = self.last_report
+        if ID in frame.columns:
+            report.extra["duplicates"] = decision.select(ID, *extra)
+            if report.dropped_ids is not None and extra:
+                report.dropped_ids = report.dropped_ids.join(decision.select(ID, *extra), on=ID, how="left")
+        else:
+            report.extra["duplicates"] = None
+        twin = [c for c in ("twin_source", "duplicate_partition", "twin_row") if c in decision.columns]
+        report.extra["clusters_with_duplicates"] = int(decision.select(pl.struct(twin).n_unique()).item()) if decision.height else 0
+        return out
+
+    @contextlib.contextmanager
+    def decided(self, decision: pl.DataFrame) -> Iterator[None]:
+        """Within the block, calls apply `decision` (made dataset-wide) instead of deciding within the frame."""
+        self._decision = decision
+        try:
+            yield
+        finally:
+            self._decision = None
+
+    def run(self, frame, cols):
+        decision = self._decision
+        if decision is None:
+            decision = self.decide(self.signatures(frame, cols))
+        return self.apply_decision(frame, cols, decision)
+
+
+# --------------------------------------------------------------------------- exact
 
 
 @register
-class ExactDedupFilter(Filter):
+class ExactDedupFilter(DatasetDedupFilter):
     """Exact deduplication: rows whose normalised `text` (lowercased, whitespace collapsed and,
     with `strip_punct`, punctuation removed) equals an earlier row's are dropped (reason
-    exact_duplicate); the first occurrence is kept. Writes the duplicate-group id (the `_id` of
-    the kept first occurrence, or its row index without `_id`) to the optional `group` column;
-    the report's `extra["duplicates"]` maps every dropped `_id` to the `_id` it duplicates.
-    Hashing is Polars' 64-bit hash (stable within one run). Use before MinHash dedup."""
+    exact_duplicate); the first occurrence is kept. Under Dagster the comparison spans every
+    partition of the pipeline (earliest registered shard and row wins). Writes the row's own `_id`
+    (its duplicate-group id; the row index without `_id`) to the optional `group` column; every
+    dropped row records the `_id` it duplicates (`duplicate_of` in the `_dropped` table and in
+    `extra["duplicates"]`). Signature: Polars' 64-bit hash of the normalised text. Use before
+    MinHash dedup, on any text column (documents, instructions, questions)."""
 
     reads = {"text": "text"}
     writes = {"group": None}
+    reason = "exact_duplicate"
 
     def __init__(self, lowercase: bool = True, strip_punct: bool = False):
         self.lowercase, self.strip_punct = lowercase, strip_punct
 
-    def run(self, frame, cols):
-        key = frame.select(_normalise(pl.col(cols["text"]).fill_null(""), self.lowercase, self.strip_punct).hash(11))
-        key = key.to_series()
-        first = pl.DataFrame({"k": key}).with_row_index("i").select(pl.col("i").first().over("k")).to_series()
-        rep = first.to_numpy().astype(np.int64) if frame.height else np.zeros(0, dtype=np.int64)
-        if cols.get("group"):
-            frame = frame.with_columns(_representative_ids(frame, rep).alias(cols["group"]))
-        self.last_report.extra["duplicates"] = _duplicates_report(frame, rep)
-        return self.apply_keep(frame, {"exact_duplicate": pl.Series(rep == np.arange(len(rep)))})
+    def signatures(self, frame, cols):
+        key = _normalise(pl.col(cols["text"]).fill_null(""), self.lowercase, self.strip_punct).hash(11)
+        return frame.select(_ids(frame).alias(ID), key.alias("key"))
+
+    def decide(self, new, earlier=()):
+        if new.height == 0:
+            return _empty_decision()
+        k = new.select(pl.col("key"), pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(ID))
+        keys = k.get_column("key").unique().implode()
+        found = []
+        for src, lf in enumerate(_as_lazy(earlier)):
+            hit = (
+                lf.select("key", ID)
+                .with_row_index("twin_row")
+                .filter(pl.col("key").is_in(keys))
+                .group_by("key")
+                .agg(pl.col("twin_row").min().cast(pl.Int64), pl.col(ID).sort_by("twin_row").first().alias("duplicate_of"))
+                .with_columns(pl.lit(src, dtype=pl.Int32).alias("twin_source"))
+                .collect()
+            )
+            if hit.height:
+                found.append(hit)
+        prior = (
+            pl.concat(found).sort("twin_source").unique(subset="key", keep="first", maintain_order=True)
+            if found
+            else pl.DataFrame(schema={"key": pl.UInt64, "twin_row": pl.Int64, "duplicate_of": pl.String, "twin_source": pl.Int32})
+        )
+        first = k.group_by("key").agg(pl.col("row").min().alias("first_row"), pl.col(ID).sort_by("row").first().alias("first_id"))
+        return (
+            k.join(first, on="key")
+            .join(prior, on="key", how="left")
+            .filter(pl.col("twin_source").is_not_null() | (pl.col("row") != pl.col("first_row")))
+            .select(
+                "row",
+                ID,
+                pl.col("twin_source").fill_null(-1).cast(pl.Int32),
+                pl.coalesce("twin_row", "first_row").cast(pl.Int64).alias("twin_row"),
+                pl.when(pl.col("twin_source").is_not_null()).then(pl.col("duplicate_of")).otherwise(pl.col("first_id")).alias("duplicate_of"),
+            )
+            .sort("row")
+        )
 
 
-@lru_cache(maxsize=32)
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) minimising false positive + false negative probability mass (datasketch's
-    rule, equal weights)."""
-    from datasketch.lsh import _optimal_param
+# --------------------------------------------------------------------------- MinHash
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+@lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) minimising the weighted false positive + false negative probability mass of
+    LSH with `bands` bands of `rows` rows at `threshold` (the rule of datasketch's `MinHashLSH`,
+    same search order and tie-break). The integrands are polynomials of degree <= num_perm, so
+    Gauss-Legendre quadrature with max(64, num_perm) nodes integrates them exactly."""
+    nodes, weights = np.polynomial.legendre.leggauss(max(64, num_perm))
+
+    def integral(f, lo: float, hi: float) -> float:
+        s = (hi - lo) / 2 * nodes + (hi + lo) / 2
+        return float((hi - lo) / 2 * np.dot(weights, f(s)))
+
+    best, opt = float("inf"), (1, 1)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = integral(lambda s: 1 - (1 - s**r) ** b, 0.0, threshold)
+            fn = integral(lambda s: (1 - s**r) ** b, threshold, 1.0)
+            err = fp * fp_weight + fn * fn_weight
+            if err < best:
+                best, opt = err, (b, r)
+    return opt
+
+
+def shingle_words(texts: pl.Series, lowercase: bool = True, strip_punct: bool = True) -> pl.Series:
+    """The normalised words of every text (a list column): what the shingles are made of."""
+    return pl.DataFrame({"t": texts.fill_null("")}).select(
+        _normalise(pl.col("t"), lowercase, strip_punct).str.split(" ").list.eval(pl.element().filter(pl.element() != "")).alias("w")
+    ).to_series()
 
 
 def shingle_hashes(
@@ -84,17 +253,10 @@ def shingle_hashes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """32-bit hashes of the word `shingle_size`-gram shingles of every text, concatenated, and the
     per-text offsets (len(texts) + 1). A text shorter than `shingle_size` words gives one shingle
-    (all its words); an empty text gives none."""
-    words = pl.DataFrame({"t": texts.fill_null("")}).select(
-        _normalise(pl.col("t"), lowercase, strip_punct).str.split(" ").alias("w")
-    )
-    counts = (
-        words.select(pl.when(pl.col("w").list.first() == "").then(0).otherwise(pl.col("w").list.len()))
-        .to_series()
-        .to_numpy()
-        .astype(np.int64)
-    )
-    flat = words.explode("w").filter(pl.col("w") != "").get_column("w").hash(seed=3).to_numpy()
+    (all its words); an empty or null text gives none."""
+    words = shingle_words(texts, lowercase, strip_punct)
+    counts = words.list.len().to_numpy().astype(np.int64)
+    flat = words.explode().drop_nulls().hash(seed=3).to_numpy()
     word_off = np.concatenate(([0], np.cumsum(counts)))
     n = shingle_size
     m = len(flat)
@@ -127,22 +289,29 @@ def shingle_hashes(
     return x, off
 
 
+def hash_family(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b): `num_perm` random 64-bit multipliers and offsets of h(x) = ((a*x + b) mod 2^64) >> 32."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    return a, b
+
+
 def minhash_signatures(
-    x: np.ndarray, off: np.ndarray, num_perm: int = 128, seed: int = 1, block_shingles: int = 32_768
+    x: np.ndarray, off: np.ndarray, num_perm: int = 128, seed: int = 1, block_shingles: int = 8_192
 ) -> np.ndarray:
     """MinHash signatures (len(off) - 1, num_perm) uint32 of the 32-bit shingle hashes `x` grouped
-    by `off`: h_i(x) = (a_i * x + b_i) mod 2^32 with random odd a_i (a bijection of the already
-    random 32-bit shingle hash per permutation), computed as a (num_perm, block) uint32 matrix per
-    block and reduced per document with `np.minimum.reduceat`. Texts without shingles get the
-    all-0xFFFFFFFF signature."""
-    rng = np.random.default_rng(seed)
-    a = (rng.integers(0, 2**31, size=num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1))[:, None]
-    b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)[:, None]
+    by `off`, with the multiply-add-shift family of `hash_family` (the shift commutes with the
+    minimum, so it is applied once per signature value, not per shingle). Texts without shingles
+    get the all-0xFFFFFFFF signature."""
+    a, b = hash_family(num_perm, seed)
+    a, b = a[:, None], b[:, None]
     n_docs = len(off) - 1
-    sig = np.full((num_perm, n_docs), np.iinfo(np.uint32).max, dtype=np.uint32)
+    sig = np.full((num_perm, n_docs), np.iinfo(np.uint64).max, dtype=np.uint64)
     counts = np.diff(off)
     nonempty = np.nonzero(counts > 0)[0]
     ends = off[nonempty + 1]
+    x64 = x.astype(np.uint64)
 
     def hashed(rows: np.ndarray) -> np.ndarray:
         v = a * rows[None, :]
@@ -159,76 +328,61 @@ def minhash_signatures(
             if j == i + 1 and s1 - s0 > block_shingles:  # one long document: min over sub-blocks
                 acc = sig[:, d0].copy()
                 for c in range(s0, s1, block_shingles):
-                    acc = np.minimum(acc, hashed(x[c : min(c + block_shingles, s1)]).min(axis=1))
+                    acc = np.minimum(acc, hashed(x64[c : min(c + block_shingles, s1)]).min(axis=1))
                 sig[:, d0] = acc
             else:
-                sig[:, docs] = np.minimum.reduceat(hashed(x[s0:s1]), off[docs] - s0, axis=1)
+                sig[:, docs] = np.minimum.reduceat(hashed(x64[s0:s1]), off[docs] - s0, axis=1)
             i = j
-    return np.ascontiguousarray(sig.T)
+    return np.ascontiguousarray((sig >> np.uint64(32)).astype(np.uint32).T)
 
 
-def minhash_clusters(
-    sig: np.ndarray, bands: int, rows: int, threshold: float | None, eligible: np.ndarray | None = None
-) -> np.ndarray:
-    """Cluster representative (the smallest row index of its cluster) of every row: rows sharing
-    an LSH band bucket are linked to the bucket's first row when their estimated Jaccard
-    (fraction of equal signature values) is >= `threshold`; clusters are connected components."""
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64 LSH bucket keys: band j hashes signature values [j*rows, (j+1)*rows)."""
     n = sig.shape[0]
-    labels = np.arange(n, dtype=np.int64)
-    if n == 0:
-        return labels
-    idx = np.arange(n, dtype=np.int64) if eligible is None else np.nonzero(eligible)[0]
-    if len(idx) < 2:
-        return labels
-    us, vs = [], []
+    cols = sig[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    key = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for band in range(bands):
-            cols = sig[idx, band * rows : (band + 1) * rows].astype(np.uint64)
-            key = np.zeros(len(idx), dtype=np.uint64)
-            for c in range(cols.shape[1]):
-                key = key * _MULT + cols[:, c] + np.uint64(band + 1)
-            first = pl.DataFrame({"k": key, "i": idx}).select(pl.col("i").first().over("k")).to_series().to_numpy()
-            linked = first != idx
-            if linked.any():
-                us.append(idx[linked])
-                vs.append(first[linked])
-    if not us:
-        return labels
-    pairs = pl.DataFrame({"u": np.concatenate(us), "v": np.concatenate(vs)}).unique()
-    u, v = pairs.get_column("u").to_numpy(), pairs.get_column("v").to_numpy()
-    if threshold is not None and len(u):
-        sim = np.empty(len(u))
-        for s in range(0, len(u), 100_000):  # bounded memory
-            sim[s : s + 100_000] = (sig[u[s : s + 100_000]] == sig[v[s : s + 100_000]]).mean(axis=1)
-        keep = sim >= threshold
-        u, v = u[keep], v[keep]
-    if len(u) == 0:
-        return labels
-    while True:  # label propagation with pointer jumping: converges to the component minimum
-        m = np.minimum(labels[u], labels[v])
-        new = labels.copy()
-        np.minimum.at(new, u, m)
-        np.minimum.at(new, v, m)
-        new = new[new]
-        if np.array_equal(new, labels):
-            return labels
-        labels = new
+        for c in range(rows):
+            key = key * _MULT + cols[:, :, c] + np.uint64(1)
+    return key
+
+
+def _verify(sig_a: np.ndarray, ia: np.ndarray, sig_b: np.ndarray, ib: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Which pairs (sig_a[ia], sig_b[ib]) have estimated Jaccard >= threshold (in bounded chunks)."""
+    if threshold is None or len(ia) == 0:
+        return np.ones(len(ia), dtype=bool)
+    ok = np.empty(len(ia), dtype=bool)
+    for s in range(0, len(ia), _VERIFY_CHUNK):
+        ok[s : s + _VERIFY_CHUNK] = (sig_a[ia[s : s + _VERIFY_CHUNK]] == sig_b[ib[s : s + _VERIFY_CHUNK]]).mean(axis=1) >= threshold
+    return ok
+
+
+def _long_bands(keys: np.ndarray, rows: np.ndarray, name: str) -> pl.DataFrame:
+    b = keys.shape[1]
+    return pl.DataFrame(
+        {name: np.repeat(rows, b).astype(np.int64), "band": np.tile(np.arange(b, dtype=np.int16), len(rows)), "key": keys[rows].reshape(-1)}
+    )
 
 
 @register
-class MinhashDedupFilter(Filter):
-    """MinHash-LSH near-duplicate removal (Broder 1997; as in datatrove's minhash stages, in one
-    process): word `shingle_size`-grams of the normalised `text` (lowercased, punctuation removed,
-    whitespace collapsed), `num_perm` MinHash values per document, LSH with `bands` x `rows`
-    chosen for `threshold` (datasketch's optimum) unless given, candidate pairs verified by
-    estimated Jaccard >= `threshold`, then connected components. Keeps the first document of each
-    cluster and drops the others (reason near_duplicate). Writes the cluster id (the `_id` of the
-    kept representative, or its row index) to `cluster`; `extra["duplicates"]` maps dropped `_id`
-    to representative `_id`. Numpy-vectorised in blocks of `block_shingles` shingles (bounded
-    memory: ~num_perm x 4 bytes per shingle of a block, plus num_perm x 4 bytes per document)."""
+class MinhashDedupFilter(DatasetDedupFilter):
+    """MinHash-LSH near-duplicate removal (Broder 1997): word `shingle_size`-grams of the
+    normalised `text` (lowercased, punctuation removed, whitespace collapsed), `num_perm` MinHash
+    values per document (multiply-add-shift hashes, see the module docstring), LSH with `bands` x
+    `rows` chosen for `threshold` (datasketch's optimum) unless given. A document is dropped
+    (reason near_duplicate) when an earlier document shares an LSH bucket with it and their
+    estimated Jaccard is >= `threshold` (every bucket member is verified; `verify=False` accepts
+    every bucket collision, as datatrove does); the first document of a group is kept. Under
+    Dagster the comparison spans every partition (earliest registered shard and row wins). Writes
+    the row's own `_id` (cluster id) to `cluster`; each dropped row records the `_id` of its
+    earliest verified twin (`duplicate_of`). Memory is bounded by `block_shingles` shingles (x
+    num_perm x 8 bytes) plus num_perm x 4 bytes per document. Use after exact dedup, on any
+    text column."""
 
     reads = {"text": "text"}
     writes = {"cluster": "minhash_cluster"}
+    reason = "near_duplicate"
+    group_role = "cluster"
 
     def __init__(
         self,
@@ -240,7 +394,8 @@ class MinhashDedupFilter(Filter):
         seed: int = 1,
         lowercase: bool = True,
         strip_punct: bool = True,
-        block_shingles: int = 32_768,
+        block_shingles: int = 8_192,
+        verify: bool = True,
     ):
         if (bands is None) != (rows is None):
             raise ValueError("give both bands and rows, or neither")
@@ -249,10 +404,12 @@ class MinhashDedupFilter(Filter):
         self.threshold, self.num_perm, self.shingle_size = threshold, num_perm, shingle_size
         self.bands, self.rows = (bands, rows) if bands is not None else lsh_params(threshold, num_perm)
         self.seed, self.lowercase, self.strip_punct, self.block_shingles = seed, lowercase, strip_punct, block_shingles
+        self.verify = verify
 
-    def cluster_representatives(self, texts: pl.Series, chunk_docs: int = 5_000) -> np.ndarray:
-        """Representative row index of every text; signatures are computed `chunk_docs` texts at
-        a time so only one chunk's words and shingles are in memory."""
+    # -- signatures ------------------------------------------------------------------
+    def signature_matrix(self, texts: pl.Series, chunk_docs: int = 5_000) -> tuple[np.ndarray, np.ndarray]:
+        """(MinHash signatures (n, num_perm) uint32, whether each text has shingles); computed
+        `chunk_docs` texts at a time so only one chunk's words and shingles are in memory."""
         sigs, eligible = [], []
         for start in range(0, len(texts), chunk_docs):
             x, off = shingle_hashes(texts.slice(start, chunk_docs), self.shingle_size, self.lowercase, self.strip_punct)
@@ -260,13 +417,104 @@ class MinhashDedupFilter(Filter):
             eligible.append(np.diff(off) > 0)
             del x
         if not sigs:
-            return np.zeros(0, dtype=np.int64)
-        sig = np.concatenate(sigs) if len(sigs) > 1 else sigs[0]
-        return minhash_clusters(sig, self.bands, self.rows, self.threshold, eligible=np.concatenate(eligible))
+            return np.zeros((0, self.num_perm), dtype=np.uint32), np.zeros(0, dtype=bool)
+        return (np.concatenate(sigs) if len(sigs) > 1 else sigs[0]), np.concatenate(eligible)
 
-    def run(self, frame, cols):
-        rep = self.cluster_representatives(frame.get_column(cols["text"]))
-        frame = frame.with_columns(_representative_ids(frame, rep).alias(cols["cluster"]))
-        self.last_report.extra["duplicates"] = _duplicates_report(frame, rep)
-        self.last_report.extra["clusters_with_duplicates"] = int(len(np.unique(rep[rep != np.arange(len(rep))])))
-        return self.apply_keep(frame, {"near_duplicate": pl.Series(rep == np.arange(len(rep)), dtype=pl.Boolean)})
+    def signatures(self, frame, cols):
+        sig, eligible = self.signature_matrix(frame.get_column(cols["text"]))
+        keys = band_keys(sig, self.bands, self.rows)
+        return pl.DataFrame(
+            {
+                ID: _ids(frame),
+                "eligible": eligible,
+                "bands": pl.Series("bands", keys, dtype=pl.Array(pl.UInt64, self.bands)),
+                "sig": pl.Series("sig", sig, dtype=pl.Array(pl.UInt32, self.num_perm)),
+            }
+        )
+
+    # -- decision --------------------------------------------------------------------
+    def decide(self, new, earlier=()):
+        n = new.height
+        if n == 0:
+            return _empty_decision()
+        thr = self.threshold if self.verify else None
+        ids = new.get_column(ID).to_numpy()
+        sig = new.get_column("sig").to_numpy()
+        keys = new.get_column("bands").to_numpy()
+        el = np.nonzero(new.get_column("eligible").to_numpy())[0]
+        if len(el) == 0:
+            return _empty_decision()
+        # rows with a signature identical to an earlier row's: their twin follows from that row's
+        void = np.ascontiguousarray(sig[el]).view(np.dtype((np.void, sig.shape[1] * sig.itemsize))).ravel()
+        _, first_idx, inverse = np.unique(void, return_index=True, return_inverse=True)
+        same = el[first_idx[inverse.ravel()]]
+        reps = el[same == el]
+        long = _long_bands(keys, reps, "row")
+        # (1) earlier frames: candidates share a (band, key); verified on the earlier frame's signatures
+        found: list[pl.DataFrame] = []
+        for src, lf in enumerate(_as_lazy(earlier)):
+            ef = lf.select("eligible", "bands").with_row_index("twin_row").filter(pl.col("eligible")).collect()
+            if ef.height == 0:
+                continue
+            elong = pl.DataFrame(
+                {
+                    "twin_row": np.repeat(ef.get_column("twin_row").to_numpy().astype(np.int64), self.bands),
+                    "band": np.tile(np.arange(self.bands, dtype=np.int16), ef.height),
+                    "key": ef.get_column("bands").to_numpy().reshape(-1),
+                }
+            )
+            pairs = long.join(elong, on=["band", "key"]).select("row", "twin_row").unique()
+            if pairs.height == 0:
+                continue
+            wanted = pairs.get_column("twin_row").unique().sort()
+            twins = (
+                lf.select(ID, "sig").with_row_index("twin_row").filter(pl.col("twin_row").cast(pl.Int64).is_in(wanted.implode())).collect()
+            )
+            pos = pl.DataFrame({"twin_row": twins.get_column("twin_row").cast(pl.Int64), "p": np.arange(twins.height)})
+            pairs = pairs.join(pos, on="twin_row")
+            ok = _verify(sig, pairs.get_column("row").to_numpy(), twins.get_column("sig").to_numpy(), pairs.get_column("p").to_numpy(), thr)
+            pairs = pairs.filter(pl.Series(ok))
+            if pairs.height:
+                tid = twins.get_column(ID).gather(pairs.get_column("p"))
+                found.append(
+                    pairs.select("row", pl.lit(src, dtype=pl.Int32).alias("twin_source"), "twin_row").with_columns(tid.alias("duplicate_of"))
+                )
+        # (2) earlier rows of the same frame: every pair of bucket members, verified
+        inner = long.join(long, on=["band", "key"], suffix="_t").filter(pl.col("row_t") < pl.col("row")).select("row", "row_t").unique()
+        if inner.height:
+            ok = _verify(sig, inner.get_column("row").to_numpy(), sig, inner.get_column("row_t").to_numpy(), thr)
+            inner = inner.filter(pl.Series(ok))
+        if inner.height:
+            found.append(
+                inner.select(
+                    "row",
+                    pl.lit(-1, dtype=pl.Int32).alias("twin_source"),
+                    pl.col("row_t").alias("twin_row"),
+                ).with_columns(pl.Series("duplicate_of", ids[inner.get_column("row_t").to_numpy()], dtype=pl.String))
+            )
+        # earliest twin: any earlier frame before the same frame (-1 sorts first, so map it to +inf)
+        best = _earliest(
+            [f.with_columns(pl.when(pl.col("twin_source") < 0).then(2**31 - 1).otherwise(pl.col("twin_source")).cast(pl.Int32).alias("twin_source")) for f in found]
+        ).with_columns(pl.when(pl.col("twin_source") == 2**31 - 1).then(-1).otherwise(pl.col("twin_source")).cast(pl.Int32).alias("twin_source"))
+        # rows identical in signature to an earlier row r0 of this frame: r0's twin if r0 is dropped, else r0
+        copies = np.nonzero(same != el)[0]
+        if len(copies):
+            r0 = pl.DataFrame({"row": el[copies].astype(np.int64), "r0": same[copies].astype(np.int64)})
+            r0 = r0.with_columns(pl.Series("r0_id", ids[r0.get_column("r0").to_numpy()], dtype=pl.String))
+            via = r0.join(best.rename({"row": "r0"}), on="r0", how="left").select(
+                "row",
+                pl.col("twin_source").fill_null(-1).cast(pl.Int32),
+                pl.coalesce("twin_row", "r0").cast(pl.Int64).alias("twin_row"),
+                pl.when(pl.col("twin_row").is_null()).then(pl.col("r0_id")).otherwise(pl.col("duplicate_of")).alias("duplicate_of"),
+            )
+            best = pl.concat([best, via])
+        best = best.sort("row")
+        return best.with_columns(pl.Series(ID, ids[best.get_column("row").to_numpy()], dtype=pl.String)).select(list(DECISION_SCHEMA))
+
+    def cluster_representatives(self, texts: pl.Series) -> np.ndarray:
+        """For every text, its own index when kept, else the index of its earliest verified twin."""
+        frame = pl.DataFrame({"text": texts})
+        dec = self.decide(self.signatures(frame, {"text": "text"}))
+        rep = np.arange(len(texts), dtype=np.int64)
+        rep[dec.get_column("row").to_numpy()] = dec.get_column("twin_row").to_numpy()
+        return rep
