@@ -22,6 +22,14 @@ def server(llm_server):
     return llm_server
 
 
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    """Every test here gets its own DATAFLOW_HOME: shared-server state, hash memos and default
+    caches never land in the repository's ./.dataflow (a test that needs a specific home sets it)."""
+    monkeypatch.setenv("DATAFLOW_HOME", str(tmp_path / "dataflow-home"))
+    monkeypatch.delenv("DATAFLOW_CACHE_URL", raising=False)
+
+
 @pytest.fixture()
 def cache_path(tmp_path):
     return tmp_path / "cache" / "llm.sqlite"
