@@ -109,27 +109,50 @@ def test_input_sensor_adds_partitions_once_and_reports_vanished_files(dataflow_h
     from dataflow_assets.definitions import defs
 
     sensor = input_sensor("text_pt")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     inst = instance()
 
     def tick(cursor):
         with dg.partition_loading_context(dynamic_partitions_store=inst):
             return sensor.evaluate_tick(dg.build_sensor_context(instance=inst, cursor=cursor, definitions=defs))
 
-    first = tick(None)
+    settling = tick(None)  # first sight: size and mtime must hold still for one more tick
+    assert settling.run_requests == [] and "still settling" in settling.skip_message
+    assert inst.get_dynamic_partitions("text_pt_shards") == []
+    first = tick(settling.cursor)
     assert [r.partition_key.startswith("a.jsonl-") for r in first.run_requests] == [True]
+    assert first.run_requests[0].tags["dataflow/pipeline"] == "text_pt"
     assert inst.get_dynamic_partitions("text_pt_shards") == [first.run_requests[0].partition_key]
     second = tick(first.cursor)  # a restart with the same cursor repeats nothing
     assert second.run_requests == [] and "no new or changed files" in second.skip_message
     os.utime(folder / "a.jsonl", (time.time() + 5, time.time() + 5))  # touched, same content
-    assert tick(second.cursor).run_requests == []
+    touched = tick(second.cursor)
+    assert tick(touched.cursor).run_requests == [] and touched.run_requests == []
     (folder / "a.jsonl").write_text((folder / "a.jsonl").read_text() + json.dumps({"text": "one more document"}) + "\n")
     write_demo_corpus(folder / "b.jsonl")
-    third = tick(second.cursor)
-    assert sorted(r.partition_key.split("-")[0] for r in third.run_requests) == ["a.jsonl", "b.jsonl"]
+    growing = tick(second.cursor)
+    assert growing.run_requests == []
+    with (folder / "b.jsonl").open("a") as f:  # still being written: its size changed since the last tick
+        f.write(json.dumps({"text": "appended while the sensor watched"}) + "\n")
+    third = tick(growing.cursor)
+    assert [r.partition_key.split("-")[0] for r in third.run_requests] == ["a.jsonl"]
+    fourth = tick(third.cursor)  # b.jsonl held still for a tick: now it starts
+    assert [r.partition_key.split("-")[0] for r in fourth.run_requests] == ["b.jsonl"]
     (folder / "b.jsonl").unlink()
-    fourth = tick(third.cursor)
-    assert "1 vanished" in fourth.skip_message
-    assert any(v.endswith("b.jsonl") for v in json.loads(fourth.cursor)["vanished"])
+    fifth = tick(fourth.cursor)
+    assert "1 vanished" in fifth.skip_message
+    assert any(v.endswith("b.jsonl") for v in json.loads(fifth.cursor)["vanished"])
+
+
+def test_automation_runs_by_default_and_schedules_stay_off():
+    from dataflow_assets.definitions import defs
+
+    repo = defs.get_repository_def()
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert sensors["dataflow_automation_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert all(sensors[f"{p}_input_sensor"].default_status == dg.DefaultSensorStatus.RUNNING for p in shipped())
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in repo.schedule_defs)
+    assert defs.resolve_job_def("text_pt_stages").executor_def.name == "in_process"
 
 
 def test_definitions_validate_and_cli_run(dataflow_home, tmp_path):
