@@ -1,15 +1,21 @@
 """Benchmark of the LLM serving layer (resources/llm). One command:
 
     .venv/bin/python benchmarks/llm_client.py [--requests 2000] [--concurrency 64] [--latency 0.05] [--no-embedded]
+                                              [--scaling 2000,10000,100000]
 
 1. throughput: N requests against the loopback OpenAI-compatible server (tests/llm_server.py,
    run as a subprocess, fixed latency) at concurrency C, for each transport; wall time vs the
    ideal N x latency / C (target <= 1.25x);
 2. cache: batch lookup of 100,000 cached rows (target < 2 s), and `generate()` over them;
 3. re-run of the cached batch: requests the server saw (target 0);
-4. embedded model (when llama_cpp and the SmolLM2 GGUF are installed): completion tokens/s
+4. scaling: 2k, 10k and 100k distinct requests against the instant loopback server (latency 0),
+   with the SQLite cache committing answers as they arrive: time per request must stay flat
+   (target: 100k within 1.5x of 2k per request; the old flush rebuilt a map of all prompts on
+   every commit, so it grew with the batch);
+5. embedded model (when llama_cpp and the SmolLM2 GGUF are installed): completion tokens/s
    through the managed llama.cpp server + client vs the raw `llama_cpp.Llama` bindings on the
-   same prompts and n_threads (target >= 0.8x).
+   same prompts and n_threads (target >= 0.8x); and 4 concurrent step processes using the
+   embedded model: model server starts on the host (target 1, from `server_starts()`).
 
 Prints a table, then as the last line one JSON object with every figure.
 """
@@ -22,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -30,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from operators.llm import LLMRequest, LLMResult, SamplingParams  # noqa: E402
-from resources.llm import GenerationCache, OpenAIClient, cache_key, default_threads, find_smollm2_gguf, llama_cpp_installed, make_client  # noqa: E402
+from resources.llm import (  # noqa: E402
+    GenerationCache, OpenAIClient, cache_key, default_threads, find_smollm2_gguf, llama_cpp_installed, make_client, server_starts,
+)
 
 
 def start_loopback(latency: float, engine: str) -> tuple[subprocess.Popen, str]:
@@ -99,6 +108,69 @@ def bench_cache(tmp: Path, n: int = 100_000) -> dict:
     return {"rows": n, "write_s": round(write_s, 3), "lookup_s": round(lookup_s, 3), "generate_all_cached_s": round(gen_s, 3)}
 
 
+def bench_scaling(sizes: list[int], conc: int, tmp: Path, engine: str) -> dict:
+    """Time per request for growing batches against an instant server, cache on: flat if the
+    per-answer costs (key, lookup, commit) do not grow with the batch."""
+    proc, root = start_loopback(0.0, engine)
+    out: dict = {"concurrency": conc, "server_latency_s": 0.0, "sizes": {}}
+    try:
+        for n in sizes:
+            client = OpenAIClient(base_url=f"{root}/v1", model="bench", cache=tmp / f"scale-{n}.sqlite", max_concurrency=conc, transport="aiohttp", timeout_s=60)
+            reqs = [LLMRequest(id=f"s{i}", messages=[{"role": "user", "content": f"scaling {n} row {i}"}]) for i in range(n)]
+            before = server_requests(root)
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = client.generate(reqs)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            assert all(r.ok for r in res) and server_requests(root) - before == n and len(client.cache) == n
+            out["sizes"][str(n)] = {"wall_s": round(wall, 3), "us_per_request": round(1e6 * wall / n, 1), "client_cpu_us_per_request": round(1e6 * cpu / n, 1)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    per = [v["us_per_request"] for v in out["sizes"].values()]
+    cpu = [v["client_cpu_us_per_request"] for v in out["sizes"].values()]
+    out["ratio_largest_to_smallest"] = round(per[-1] / per[0], 3) if per else None  # wall: noisy on a shared machine
+    out["cpu_ratio_largest_to_smallest"] = round(cpu[-1] / cpu[0], 3) if cpu else None
+    return out
+
+
+STEP = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from operators.llm import LLMRequest, SamplingParams
+    from resources.llm import make_client
+    ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+    with make_client("llamacpp", n_threads=1, n_ctx=512, cache=False) as client:
+        res = client.generate([LLMRequest(id="a", messages=[{"role": "user", "content": "Say hi."}], params=SamplingParams(max_tokens=16))])
+        print(json.dumps({"url": client.server.base_url, "error": res[0].error}), flush=True)
+        while not go.exists():   # a step still using the model while the others start
+            time.sleep(0.05)
+    """
+)
+
+
+def bench_shared_server(tmp: Path, steps: int = 4) -> dict:
+    """`steps` processes, each an LLM step using the embedded model at the same time: how many
+    times the model server started on this host (read from `server_starts()`)."""
+    if not llama_cpp_installed() or find_smollm2_gguf() is None:
+        return {"skipped": "llama_cpp or the SmolLM2 GGUF is not installed"}
+    home, script, go = tmp / "shared-home", tmp / "step.py", tmp / "go"
+    script.write_text(STEP)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATAFLOW_HOME": str(home)}
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp / f"r{i}"), str(go)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+             for i in range(steps)]
+    try:
+        outs = [json.loads(p.stdout.readline()) for p in procs]
+        wall = time.perf_counter() - t0
+    finally:
+        go.touch()
+        for p in procs:
+            p.wait(120)
+    return {"steps": steps, "server_starts": len(server_starts(home)), "distinct_servers": len({o["url"] for o in outs}),
+            "errors": [o["error"] for o in outs if o["error"]], "wall_s_all_answered": round(wall, 2)}
+
+
 PROMPTS = [
     "Write one sentence about the sea.",
     "List three fruits.",
@@ -156,6 +228,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--no-embedded", action="store_true")
+    ap.add_argument("--scaling", default="2000,10000,100000", help="batch sizes for the time-per-request scaling run (instant server); '' skips it")
     ap.add_argument("--server-engine", choices=["raw", "aiohttp"], default="raw",
                     help="loopback server implementation (raw: minimal HTTP so the server's CPU does not dominate on small machines)")
     args = ap.parse_args()
@@ -163,6 +236,9 @@ def main() -> None:
         tmp = Path(d)
         tp = bench_throughput(args.requests, args.concurrency, args.latency, tmp, args.server_engine)
         ca = bench_cache(tmp)
+        sizes = [int(x) for x in args.scaling.split(",") if x.strip()]
+        sc = bench_scaling(sizes, args.concurrency, tmp, args.server_engine) if sizes else {"skipped": "--scaling ''"}
+        sh = {"skipped": "--no-embedded"} if args.no_embedded else bench_shared_server(tmp)
     emb = {"skipped": "--no-embedded"} if args.no_embedded else bench_embedded()
 
     rows = []
@@ -173,6 +249,15 @@ def main() -> None:
         rows.append((f"re-run cached batch [{t}]", f"{tp[t]['rerun_requests']} requests, {tp[t]['rerun_s']:.2f} s", "", "0 requests", tp[t]["rerun_requests"] == 0))
     rows.append(("cache lookup 100,000 rows", f"{ca['lookup_s']:.2f} s", "", "< 2 s", ca["lookup_s"] < 2))
     rows.append(("generate() over 100,000 cached rows", f"{ca['generate_all_cached_s']:.2f} s", "", "(info)", None))
+    if "sizes" in sc:
+        for n, v in sc["sizes"].items():
+            rows.append((f"instant server, {int(n):,} requests, cache on", f"{v['us_per_request']:.0f} us wall, {v['client_cpu_us_per_request']:.0f} us CPU /req", "", "(flat)", None))
+        big, small = f"{max(map(int, sc['sizes'])):,}", f"{min(map(int, sc['sizes'])):,}"
+        ratio, cpu_ratio = sc["ratio_largest_to_smallest"], sc["cpu_ratio_largest_to_smallest"]
+        rows.append((f"wall per request {big} vs {small}", "", f"{ratio:.2f}x", "(info)", None))
+        rows.append((f"client CPU per request {big} vs {small}", "", f"{cpu_ratio:.2f}x", "<= 1.5x", cpu_ratio <= 1.5))
+    if "server_starts" in sh:
+        rows.append((f"model server starts, {sh['steps']} concurrent steps", f"{sh['server_starts']} start(s), {sh['distinct_servers']} server(s)", "", "1", sh["server_starts"] == 1))
     if "ratio" in emb:
         rows.append((f"embedded tokens/s client vs raw (n_threads={emb['n_threads']})",
                      f"{emb['client_tokens_per_s']:.1f} vs {emb['raw_tokens_per_s']:.1f}", f"{emb['ratio']:.2f}x", ">= 0.8x", emb["ratio"] >= 0.8))
@@ -182,7 +267,7 @@ def main() -> None:
     print(f"{'measure':<{w}}  {'result':<34} {'ratio':>7}  {'target':<11} ok")
     for name, res, ratio, target, ok in rows:
         print(f"{name:<{w}}  {res:<34} {ratio:>7}  {target:<11} {'-' if ok is None else ('yes' if ok else 'NO')}")
-    print(json.dumps({"throughput": tp, "cache": ca, "embedded": emb, "cpu_cores": os.cpu_count()}))
+    print(json.dumps({"throughput": tp, "cache": ca, "scaling": sc, "shared_server": sh, "embedded": emb, "cpu_cores": os.cpu_count()}))
 
 
 if __name__ == "__main__":
