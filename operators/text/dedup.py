@@ -18,10 +18,11 @@ order in which shards are processed. Each dropped row records the `_id` of its e
 
 The MinHash is our own numpy implementation, vectorised over the whole batch: words are hashed once
 by Polars, word n-gram shingles are combined with numpy uint64 arithmetic and folded to 32 bits, and
-the `num_perm` hash functions are Dietzfelbinger's multiply-add-shift family
-h(x) = ((a*x + b) mod 2^64) >> 32 with random 64-bit a, b: strongly universal (2-independent) for
-32-bit keys whatever their structure (the former (a*x + b) mod 2^32 kept the input's low-bit
-structure, so inputs sharing low bits collapsed). Signatures are computed in blocks of at most
+every key goes through MurmurHash3's avalanche finaliser (a bijection, so structured keys such as
+arithmetic progressions look random: without it multiply-shift underestimates their Jaccard by ~15%,
+see the tests), then the `num_perm` hash functions are Dietzfelbinger's multiply-add-shift family
+h(x) = ((a*x + b) mod 2^64) >> 32 with random 64-bit a, b (strongly universal for 32-bit keys; the
+former (a*x + b) mod 2^32 returned the low bits, which depend only on the input's low bits). Signatures are computed in blocks of at most
 `block_shingles` shingles and reduced per document with `np.minimum.reduceat`. LSH bucket members
 are verified pairwise (every member against every earlier member, not only the bucket's first row);
 rows with identical signatures are collapsed first, so boilerplate copies do not make quadratic
@@ -289,6 +290,19 @@ def shingle_hashes(
     return x, off
 
 
+def fmix32(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche. Applied to every
+    shingle hash before the permutations, so structured keys (e.g. arithmetic progressions, on which
+    multiply-shift alone underestimates Jaccard by ~15%) behave like random ones."""
+    h = np.asarray(x, dtype=np.uint32).copy()
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
 def hash_family(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(a, b): `num_perm` random 64-bit multipliers and offsets of h(x) = ((a*x + b) mod 2^64) >> 32."""
     rng = np.random.default_rng(seed)
@@ -301,9 +315,9 @@ def minhash_signatures(
     x: np.ndarray, off: np.ndarray, num_perm: int = 128, seed: int = 1, block_shingles: int = 8_192
 ) -> np.ndarray:
     """MinHash signatures (len(off) - 1, num_perm) uint32 of the 32-bit shingle hashes `x` grouped
-    by `off`, with the multiply-add-shift family of `hash_family` (the shift commutes with the
-    minimum, so it is applied once per signature value, not per shingle). Texts without shingles
-    get the all-0xFFFFFFFF signature."""
+    by `off`: each key is mixed by `fmix32`, then hashed by the multiply-add-shift family of
+    `hash_family` (the shift commutes with the minimum, so it is applied once per signature value,
+    not per shingle). Texts without shingles get the all-0xFFFFFFFF signature."""
     a, b = hash_family(num_perm, seed)
     a, b = a[:, None], b[:, None]
     n_docs = len(off) - 1
@@ -311,7 +325,7 @@ def minhash_signatures(
     counts = np.diff(off)
     nonempty = np.nonzero(counts > 0)[0]
     ends = off[nonempty + 1]
-    x64 = x.astype(np.uint64)
+    x64 = fmix32(x).astype(np.uint64)
 
     def hashed(rows: np.ndarray) -> np.ndarray:
         v = a * rows[None, :]

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import polars as pl
 import pytest
 
-from operators.base import with_row_ids
-from operators.text.dedup import ExactDedupFilter, MinhashDedupFilter, minhash_signatures, shingle_hashes
 from operators.text.langid import LanguageFilter, LanguageIdentifier
 from operators.text.repetition import (
     DuplicateNgramCharFractionFilter,
@@ -71,53 +68,6 @@ def test_ngram_filters_and_gopher_repetition():
     out = op(pl.DataFrame({"text": [normal, spam, lines, ""]}))
     assert out.get_column("text").to_list() == [normal]
     assert op.last_report.dropped == {"top_2_gram": 1, "dup_line_frac": 1, "empty": 1}
-
-
-def test_exact_dedup_keeps_first_and_records_group():
-    frame = with_row_ids(pl.DataFrame({"text": ["Hello  World", "other", "hello world", "x", "other"]}), "t")
-    op = ExactDedupFilter()
-    out = op(frame, group="g")
-    assert out.get_column("text").to_list() == ["Hello  World", "other", "x"]
-    ids = frame.get_column("_id").to_list()
-    assert out.get_column("g").to_list() == [ids[0], ids[1], ids[3]]
-    dups = op.last_report.extra["duplicates"]
-    assert dict(zip(dups["_id"], dups["duplicate_of"])) == {ids[2]: ids[0], ids[4]: ids[1]}
-    assert op.last_report.dropped == {"exact_duplicate": 2}
-    assert sorted(op.last_report.dropped_ids["_id"].to_list()) == sorted([ids[2], ids[4]])
-
-
-def test_minhash_estimates_jaccard():
-    a = " ".join(f"w{i}" for i in range(300))
-    words = a.split()
-    b = " ".join(words[:150] + [f"z{i}" for i in range(150)])  # true 5-shingle Jaccard
-    x, off = shingle_hashes(pl.Series([a, b]), 5)
-    sa, sb = set(x[off[0] : off[1]].tolist()), set(x[off[1] : off[2]].tolist())
-    true_j = len(sa & sb) / len(sa | sb)
-    sig = minhash_signatures(x, off, num_perm=256)
-    assert abs((sig[0] == sig[1]).mean() - true_j) < 0.08
-    assert len(sa) == 296 and off.tolist() == [0, 296, 592]
-
-
-def test_minhash_dedup_finds_planted_near_duplicates(c4_frame):
-    rng = random.Random(0)
-    base = [t for t in c4_frame.get_column("text").head(400).to_list() if len(t.split()) > 100][:200]
-    near = []
-    for t in base[:50]:
-        w = t.split()
-        start = rng.randrange(len(w) - len(w) // 20)
-        for j in range(start, start + len(w) // 20, 2):
-            w[j] = "changed"
-        near.append(" ".join(w))
-    frame = with_row_ids(pl.DataFrame({"text": base + near}), "t")
-    op = MinhashDedupFilter(threshold=0.7)
-    out = op(frame)
-    dropped = set(op.last_report.dropped_ids["_id"].to_list())
-    planted = set(frame.get_column("_id")[len(base):].to_list())
-    assert len(planted & dropped) / len(planted) >= 0.95
-    assert dropped <= planted  # no original dropped
-    kept = out.filter(pl.col("_id").is_in(frame.get_column("_id").head(50).to_list()))
-    assert kept.height == 50  # the representatives are the originals
-    assert op.last_report.extra["clusters_with_duplicates"] >= 47
 
 
 @pytest.fixture(scope="module")
