@@ -206,17 +206,17 @@ def test_env_settings_reach_the_resource_and_bound_a_hung_endpoint(server, dataf
     llm = resources_for_env("openai")["llm"]
     assert (llm.timeout_s, llm.max_retries, llm.max_concurrency, llm.row_deadline_s, llm.accept_truncated) == (0.4, 50, 3, 1.5, True)
     assert resources_for_env("local")["llm"].row_deadline_s == 1.5
-    llm = llm.process_config_and_initialize()  # resolves the EnvVars as Dagster does at run time
-    assert llm.base_url == server.base_url and llm.api_key == "sk-test-timeouts"
-    client = llm.client()
-    try:
+    import dagster as dg
+
+    with dg.build_resources({"llm": llm}) as built:  # resolves the EnvVars as a run does
+        llm = built.llm
+        assert llm.base_url == server.base_url and llm.api_key == "sk-test-timeouts"
+        client = llm.client()
         reqs = [LLMRequest(id=f"h{i}", messages=[{"role": "user", "content": f"hung {i} #fault=slow*"}]) for i in range(3)]
         reqs.append(LLMRequest(id="fine", messages=[{"role": "user", "content": "answers at once"}]))
         t0 = time.monotonic()
         res = client.generate(reqs)
         took = time.monotonic() - t0
-    finally:
-        llm.close()
     by_id = {r.id: r for r in res}
     assert by_id["fine"].ok
     assert all(by_id[f"h{i}"].error == "timeout" for i in range(3)), [r.error_detail for r in res]
