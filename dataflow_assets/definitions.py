@@ -17,13 +17,20 @@ from resources.storage import ParquetStore
 
 
 def resources_for_env(env: str | None = None) -> dict[str, Any]:
-    """Resources by environment: `local` serves the embedded llama.cpp model; `openai` talks to any
-    OpenAI-compatible endpoint configured by environment variables (the key never leaves `EnvVar`)."""
+    """Resources by environment: `local` serves the embedded llama.cpp model (one server per host,
+    shared by every step and run); `openai` talks to any OpenAI-compatible endpoint configured by
+    environment variables (the key never leaves `EnvVar`). In both, `DATAFLOW_LLM_TIMEOUT` (s per
+    attempt), `DATAFLOW_LLM_RETRIES`, `DATAFLOW_LLM_CONCURRENCY`, `DATAFLOW_LLM_ROW_DEADLINE` (s per
+    row, retries included), `DATAFLOW_LLM_RETRY_BUDGET`, `DATAFLOW_LLM_ACCEPT_TRUNCATED`,
+    `DATAFLOW_LLM_REVISION` and `DATAFLOW_CACHE_URL` (postgresql://... for a shared cache) apply
+    when set (`resources.llm.resource.LLM_ENV_SETTINGS`)."""
     from resources.llm import LLMResource
+    from resources.llm.resource import llm_settings_from_env
 
     env = env or os.environ.get("DATAFLOW_ENV", "local")
+    settings = llm_settings_from_env()
     if env == "local":
-        return {"store": ParquetStore(), "llm": LLMResource()}
+        return {"store": ParquetStore(), "llm": LLMResource(**settings)}
     if env == "openai":
         return {
             "store": ParquetStore(),
@@ -32,6 +39,7 @@ def resources_for_env(env: str | None = None) -> dict[str, Any]:
                 base_url=dg.EnvVar("DATAFLOW_LLM_BASE_URL"),
                 model=dg.EnvVar("DATAFLOW_LLM_MODEL"),
                 api_key=dg.EnvVar("DATAFLOW_LLM_API_KEY"),
+                **settings,
             ),
         }
     raise ValueError(f"DATAFLOW_ENV={env!r}: expected 'local' or 'openai'")
