@@ -46,9 +46,9 @@ def _prompt_from_cache(cache_key: str | None) -> dict[str, Any] | None:
     if not cache_key:
         return None
     try:
-        from resources.llm.cache import GenerationCache
+        from resources.llm.cache import open_cache
 
-        cache = GenerationCache()
+        cache = open_cache(None)  # the store DATAFLOW_CACHE_URL names (PostgreSQL), else the home's SQLite file
         entry = cache.get_many([cache_key]).get(cache_key)
         messages = cache.prompt(cache_key)
     except Exception:  # noqa: BLE001 - tracing must work without a cache
