@@ -231,21 +231,21 @@ class _Source:
     """The (decompressed) bytes of a file from byte `offset`, as chunks. For gzip, `damage` is set
     when the stream breaks (truncated or corrupt) after some data came out; nothing at all raises."""
 
-    def __init__(self, path: Path, gz: bool, offset: int = 0, chunk: int = BATCH_BYTES):
-        self.path, self.gz, self.offset, self.chunk = path, gz, offset, chunk
+    def __init__(self, path: Path, gz: bool, offset: int = 0, chunk: int = BATCH_BYTES, end: int | None = None):
+        self.path, self.gz, self.offset, self.chunk, self.end = path, gz, offset, chunk, end
         self.damage: str | None = None
 
     def chunks(self) -> Iterator[bytes]:
+        """Chunks from `offset` up to `end` (a record boundary from the index) or the end of the file."""
         try:
             if not self.gz:
                 with open(self.path, "rb") as fh:
                     fh.seek(self.offset)
-                    while chunk := fh.read(self.chunk):
-                        yield chunk
+                    yield from _upto(fh.read, self.chunk, None if self.end is None else self.end - self.offset)
             elif self.offset:
                 yield from self._seek_gz()
             else:
-                yield from self._gunzip()
+                yield from _limit(self._gunzip(), self.end)
         except OSError as err:
             raise InputError(self.path, f"cannot read ({err})") from err
 
@@ -298,10 +298,32 @@ class _Source:
                 fh.build_full_index()
                 _atomic_write(index, fh.export_index)
             fh.seek(self.offset)
-            while chunk := fh.read(self.chunk):
-                yield chunk
+            yield from _upto(fh.read, self.chunk, None if self.end is None else self.end - self.offset)
         finally:
             fh.close()
+
+
+def _upto(read: Callable[[int], bytes], chunk: int, left: int | None) -> Iterator[bytes]:
+    """Chunks from `read`, `left` bytes in all (None: to the end)."""
+    while left is None or left > 0:
+        data = read(chunk if left is None else min(chunk, left))
+        if not data:
+            return
+        if left is not None:
+            left -= len(data)
+        yield data
+
+
+def _limit(chunks: Iterator[bytes], n: int | None) -> Iterator[bytes]:
+    """The first `n` bytes of `chunks` (all when None)."""
+    for chunk in chunks:
+        if n is not None and len(chunk) >= n:
+            if n:
+                yield chunk[:n]
+            return
+        if n is not None:
+            n -= len(chunk)
+        yield chunk
 
 
 def _skip(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
@@ -465,13 +487,19 @@ class RecordIndex:
             return 0, 1, 0
         return self.offsets[k], self.lines[k], k * STRIDE
 
+    def end(self, record: int) -> int | None:
+        """A byte offset at or after the start of `record` (None: the end of the file)."""
+        k = -(-record // STRIDE)
+        return self.offsets[k] if k < len(self.offsets) else None
+
 
 _INDEXES: dict[str, RecordIndex] = {}
 
 
-def record_index(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES) -> RecordIndex:
+def record_index(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES, *, build: bool = True) -> RecordIndex | None:
     """The record index of a jsonl or csv file (plain or gzip): computed in one streaming pass,
-    cached in memory and under `$DATAFLOW_HOME/cache/ingest/` (keyed by path, size and mtime)."""
+    cached in memory and under `$DATAFLOW_HOME/cache/ingest/` (keyed by path, size and mtime).
+    With `build=False`, None when it is not cached yet."""
     path = check_input(Path(path))
     fmt, gz = detect_format(path)
     if fmt not in ("jsonl", "csv"):
@@ -483,6 +511,8 @@ def record_index(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES) -> 
     try:
         index = RecordIndex(**json.loads(cached.read_text()))
     except (OSError, ValueError, TypeError):
+        if not build:
+            return None
         index = _build_index(path, fmt == "csv", gz, max_record_bytes)
         _atomic_write(cached, lambda tmp: Path(tmp).write_text(json.dumps(vars(index))))
     _INDEXES[key] = index
@@ -541,7 +571,7 @@ def count_records(path: str | Path) -> int:
         except Exception as err:  # noqa: BLE001
             raise InputError(path, f"not a readable parquet file ({err})") from err
     if fmt in ("jsonl", "csv"):
-        n = record_index(path).records
+        n = record_index(path).records  # type: ignore[union-attr]
         return max(n - 1, 0) if fmt == "csv" else n  # csv: the header is not a record
     return read_input(path, {}).records
 
@@ -557,12 +587,13 @@ def _read_lines(ctx: _Ctx, fmt: str, gz: bool, start: int | None, stop: int | No
             if not start:
                 ctx.q.add(0, None, "empty file", "")
             return ReadResult(pl.DataFrame(schema=ctx.required), ctx.q.frame(), 0)
-    offset, line, first = 0, 1, 0
-    if lo > base:
-        index = record_index(ctx.path, ctx.max_bytes)
-        if index.damage is None or not gz:
+    offset, line, first, end = 0, 1, 0, None
+    if lo > base or hi is not None:  # a slice: seek (an index built once); stop early (if one is cached)
+        index = record_index(ctx.path, ctx.max_bytes, build=lo > base)
+        if index is not None and (index.damage is None or not gz):
             offset, line, first = index.seek(lo)
-    source = _Source(ctx.path, gz, offset)
+            end = None if hi is None else index.end(hi)
+    source = _Source(ctx.path, gz, offset, end=end)
     frames: list[pl.DataFrame] = []
     records, problem = 0, None
     for block in _scan(source, quoted=quoted, max_bytes=ctx.max_bytes, line=line, first=first):
@@ -624,7 +655,8 @@ def _jsonl_frames(data, starts, ends, lines, ctx: _Ctx) -> list[pl.DataFrame]:
 def _jsonl_fast(data: bytes, starts, ends, lines, ctx: _Ctx) -> pl.DataFrame | None:
     n = len(starts)
     try:
-        frame = pl.read_ndjson(data[starts[0] : ends[-1]], infer_schema_length=None, schema_overrides=ctx.overrides or None)
+        payload = io.BytesIO(memoryview(data)[starts[0] : ends[-1]])
+        frame = pl.read_ndjson(payload, infer_schema_length=None, schema_overrides=ctx.overrides or None)
     except Exception:  # noqa: BLE001 - any parse error: bisect to find the bad records
         return None
     if frame.height != n:

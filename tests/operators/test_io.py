@@ -11,6 +11,12 @@ from operators.io import InputError, read_input
 REQ = {"text": pl.String}
 
 
+@pytest.fixture(autouse=True)
+def _ingest_cache_home(tmp_path, monkeypatch):
+    """Record indexes are cached under $DATAFLOW_HOME: keep them in the test's folder."""
+    monkeypatch.setenv("DATAFLOW_HOME", str(tmp_path / "home"))
+
+
 def test_jsonl_quarantines_each_kind_of_bad_record(tmp_path):
     path = tmp_path / "in.jsonl"
     big = json.dumps({"text": "x" * (10 * 1024 * 1024)}).encode()

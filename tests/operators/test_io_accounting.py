@@ -17,6 +17,12 @@ from operators.io import InputError, count_records, read_input
 REQ = {"text": pl.String}
 
 
+@pytest.fixture(autouse=True)
+def _ingest_cache_home(tmp_path, monkeypatch):
+    """Record indexes are cached under $DATAFLOW_HOME: keep them in the test's folder."""
+    monkeypatch.setenv("DATAFLOW_HOME", str(tmp_path / "home"))
+
+
 def test_csv_with_one_latin1_line_counts_every_record(tmp_path):
     path = tmp_path / "mixed.csv"
     rows = [f"row {i},{i}" for i in range(21)]
