@@ -382,6 +382,18 @@ def classify(rc: int | None, stderr: str, timed_out: bool, mode: str, limits: Li
     return "crash", None, last[:200]
 
 
+def status_of_error(message: str | None) -> str | None:
+    """`blocked` / `memory` when an error message a program caught and reported itself (e.g. a
+    test harness) shows a sandbox denial or the memory limit; else None."""
+    if not message:
+        return None
+    if BLOCK_MARK in message or _BLOCKED.search(message):
+        return "blocked"
+    if _MEMORY.search(message):
+        return "memory"
+    return None
+
+
 def run_many(programs: Iterable[str], *, workers: int = 2, limits: Limits = Limits(), stdin: Sequence[str | None] | None = None) -> list[SandboxResult]:
     """Run many Python programs, `workers` at a time; results in input order."""
     progs = list(programs)
@@ -392,4 +404,4 @@ def run_many(programs: Iterable[str], *, workers: int = 2, limits: Limits = Limi
         return list(pool.map(lambda pair: run_python(pair[0], stdin=pair[1], limits=limits), zip(progs, ins)))
 
 
-__all__ = ["Limits", "SandboxResult", "STATUSES", "classify", "run_command", "run_many", "run_python", "sandbox_mode"]
+__all__ = ["Limits", "SandboxResult", "STATUSES", "classify", "run_command", "run_many", "run_python", "sandbox_mode", "status_of_error"]
