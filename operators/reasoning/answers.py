@@ -291,7 +291,7 @@ def _clusters(answers: list[str | None]) -> list[int | None]:
     reps: list[str] = []
     labels: list[int | None] = []
     for a in answers:
-        if a is None or not parses(a):
+        if a is None or not is_symbolic(a):  # prose ("answer", "none") never wins a vote
             labels.append(None)
             continue
         for k, r in enumerate(reps):
@@ -308,7 +308,9 @@ def _clusters(answers: list[str | None]) -> list[int | None]:
 class SelfConsistencyVoter(Evaluator):
     """Self-consistency voting where no ground truth exists: the sampled answers of a row are
     grouped by `math-verify` equivalence and the largest group wins when its share of all
-    samples reaches `min_agreement` (ties go to the group of the earliest sample).
+    samples reaches `min_agreement` (ties go to the group of the earliest sample). Answers that
+    are prose rather than mathematics (a placeholder such as "answer" echoed from the prompt)
+    take no part in the vote.
 
     Reads: `answers` (default `sample_answers`, List[String]) and `gold` (default `gold_answer`;
     rows WITH gold are left untouched). Writes on the other rows: `correct` (List[Boolean], the
