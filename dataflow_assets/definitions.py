@@ -45,17 +45,6 @@ def resources_for_env(env: str | None = None) -> dict[str, Any]:
     raise ValueError(f"DATAFLOW_ENV={env!r}: expected 'local' or 'openai'")
 
 
-def pipeline_jobs(spec) -> list[dg.UnresolvedAssetJobDefinition]:
-    """`<pipeline>_stages` (source -> stages -> dataset of one partition) and `<pipeline>_catalog`,
-    tagged with the pipeline: every run of the pipeline, from the CLI, the UI or a sensor, is a run of one
-    of these two named jobs, so the UI can re-execute it."""
-    stages, catalog = split_catalog(spec.assets)
-    return [
-        dg.define_asset_job(f"{spec.name}_stages", selection=dg.AssetSelection.assets(*stages), description=spec.description, tags=tags),
-        dg.define_asset_job(f"{spec.name}_catalog", selection=dg.AssetSelection.assets(*catalog), tags=tags,
-                            description=f"Refresh the DuckDB views of {spec.name} and assemble its export."),
-    ]
-
 def executor() -> dg.ExecutorDefinition:
     """In-process by default: every stage of a run executes in the run's own process, so a run the UI or
     a sensor launches costs one Python start, not one per step (`text_pt` on 2,000 docs: 48 s with a
@@ -66,10 +55,21 @@ def executor() -> dg.ExecutorDefinition:
     return dg.in_process_executor
 
 
+def pipeline_jobs(spec) -> list[dg.UnresolvedAssetJobDefinition]:
+    """`<pipeline>_stages` (source -> stages -> dataset of one partition) and `<pipeline>_catalog`,
+    tagged with the pipeline: every run of the pipeline, from the CLI, the UI or a sensor, is a run of one
+    of these two named jobs, so the UI can re-execute it."""
+    stages, catalog = split_catalog(spec.assets)
+    tags = {"dataflow/pipeline": spec.name}
+    return [
+        dg.define_asset_job(f"{spec.name}_stages", selection=dg.AssetSelection.assets(*stages), description=spec.description, tags=tags),
+        dg.define_asset_job(f"{spec.name}_catalog", selection=dg.AssetSelection.assets(*catalog), tags=tags,
+                            description=f"Refresh the DuckDB views of {spec.name} and assemble its export."),
+    ]
+
 
 def build_definitions() -> dg.Definitions:
     specs = shipped().values()
-    tags = {"dataflow/pipeline": spec.name}
     return dg.Definitions(
         assets=[a for spec in specs for a in spec.assets],
         jobs=[job for spec in specs for job in pipeline_jobs(spec)],
