@@ -34,11 +34,11 @@ import hashlib
 import io
 import json
 import os
-import re
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import polars as pl
@@ -100,7 +100,7 @@ def check_input(path: str | Path) -> Path:
     path = Path(path)
     try:
         st = os.stat(path)
-    except OSError as err:
+    except OSError as err:  # ELOOP: Path.exists() would just say False
         if err.errno == errno.ELOOP:
             raise InputError(path, "symlink loop (too many levels of symbolic links)") from None
         if err.errno == errno.ENOENT:
@@ -108,11 +108,10 @@ def check_input(path: str | Path) -> Path:
         if err.errno == errno.EACCES:
             raise InputError(path, "permission denied") from None
         raise InputError(path, f"cannot read ({err.strerror})") from None
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(path, "is a directory, not a file")
     if not os.access(path, os.R_OK):
         raise InputError(path, "permission denied")
-    del st
     return path
 
 
@@ -257,6 +256,8 @@ class _Source:
             while data := fh.read(GZ_READ):
                 fed += len(data)
                 while data:
+                    if dec is None and not produced and data[:2] != b"\x1f\x8b":
+                        raise InputError(self.path, f"not a valid gzip file (Not a gzipped file ({data[:2]!r}))")
                     if dec is None:  # a new member, or padding / garbage after the last one
                         if data[:2] != b"\x1f\x8b" and produced and not data.strip(b"\0"):
                             break  # zero padding after the last member
@@ -901,7 +902,8 @@ def _read_json(ctx: _Ctx, gz: bool, start: int | None, stop: int | None) -> Read
             obj = json.loads(whole)
         except ValueError:  # not one object either: each line is a record (as jsonl)
             return _read_lines(ctx, "jsonl", gz, start, stop)
-        return _check_json_batch([(1, obj)][start:stop], ctx, None)
+        numbered = [(1, obj)][start:stop]
+        return ReadResult(_check_json_batch(numbered, ctx), ctx.q.frame(), len(numbered))
     if head[:1] != b"[":
         try:
             value = json.loads(head)
@@ -921,7 +923,7 @@ def _read_json(ctx: _Ctx, gz: bool, start: int | None, stop: int | None) -> Read
                 break
             batch.append((parsed, rec))
             if len(batch) >= 10_000:
-                frames.append(_check_json_batch(batch, ctx, frames).frame)
+                frames.append(_check_json_batch(batch, ctx))
                 records, batch = records + len(batch), []
     except ijson.JSONError as err:  # truncated or malformed: keep the elements before the damage
         tail = parsed + 1
@@ -936,12 +938,12 @@ def _read_json(ctx: _Ctx, gz: bool, start: int | None, stop: int | None) -> Read
             ctx.q.add(tail, None, problem, "")
             records += 1
     if batch:
-        frames.append(_check_json_batch(batch, ctx, frames).frame)
+        frames.append(_check_json_batch(batch, ctx))
         records += len(batch)
     return ReadResult(_concat(frames, ctx.required), ctx.q.frame(), records, problem)
 
 
-def _check_json_batch(numbered: list[tuple[int, Any]], ctx: _Ctx, _frames: Any) -> ReadResult:
+def _check_json_batch(numbered: list[tuple[int, Any]], ctx: _Ctx) -> pl.DataFrame:
     """Per-element checks (ijson hands out Python objects, so this is per record anyway)."""
     good = []
     for n, rec in numbered:
@@ -951,7 +953,7 @@ def _check_json_batch(numbered: list[tuple[int, Any]], ctx: _Ctx, _frames: Any) 
             ctx.q.add(n, problem[0], problem[1], rec)
         else:
             good.append(rec)
-    return ReadResult(_records_to_frame(good, ctx.required), ctx.q.frame(), len(numbered))
+    return _records_to_frame(good, ctx.required)
 
 
 # --------------------------------------------------------------------------- parquet
