@@ -48,6 +48,7 @@ MAX_RECORD_BYTES = 4 * 1024 * 1024
 RAW_PREVIEW = 2000
 BATCH_BYTES = 16 * 1024 * 1024  # bytes of records handed to Polars at a time
 GZ_READ = 1024 * 1024  # compressed bytes fed to zlib at a time
+GZ_SPACING = 4 * 1024 * 1024  # decompressed bytes between indexed_gzip seek points (32 KiB window each)
 STRIDE = 1024  # the record index keeps the offset of every STRIDE-th record
 INDEX_VERSION = 1
 BOM = b"\xef\xbb\xbf"
@@ -284,6 +285,9 @@ class _Source:
                     raise InputError(self.path, f"truncated gzip: the compressed stream ends at byte {fed}, before any data")
                 self.damage = f"truncated gzip: the compressed stream ends at byte {fed} before its end marker ({produced} bytes decompressed)"
 
+    def _gz_index_path(self) -> Path:
+        return _cache_dir() / f"{_file_key(self.path, 'gzidx')}.gzidx"
+
     def _seek_gz(self) -> Iterator[bytes]:
         """Seek through an indexed_gzip seek-point index (built once, cached); without the library,
         decompress from the start and skip."""
@@ -292,8 +296,8 @@ class _Source:
         except ImportError:  # pragma: no cover - indexed_gzip is a core dependency
             yield from _skip(self._gunzip(), self.offset)
             return
-        index = _cache_dir() / f"{_file_key(self.path, 'gzidx')}.gzidx"
-        fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=4 * 1024 * 1024, index_file=str(index) if index.exists() else None)
+        index = self._gz_index_path()
+        fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=GZ_SPACING, index_file=str(index) if index.exists() else None)
         try:
             if not index.exists():
                 fh.build_full_index()
@@ -302,6 +306,35 @@ class _Source:
             yield from _upto(fh.read, self.chunk, None if self.end is None else self.end - self.offset)
         finally:
             fh.close()
+
+    def indexed_pass(self) -> Iterator[bytes] | None:
+        """The whole stream read through indexed_gzip, which records seek points as it goes (saved
+        for later slices, so one decompression pass serves the record index and the seek index).
+        indexed_gzip stops quietly at a truncated end: `intact()` checks the gzip trailer after."""
+        try:
+            import indexed_gzip
+        except ImportError:  # pragma: no cover - indexed_gzip is a core dependency
+            return None
+
+        def chunks() -> Iterator[bytes]:
+            fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=GZ_SPACING)
+            try:
+                self.produced = 0
+                while chunk := fh.read(self.chunk):
+                    self.produced += len(chunk)
+                    yield chunk
+                _atomic_write(self._gz_index_path(), fh.export_index)
+            finally:
+                fh.close()
+
+        return chunks()
+
+    def intact(self) -> bool:
+        """Whether the gzip trailer (ISIZE) matches what came out: a truncated file fails this (and so
+        does a multi-member file, which is then read again with zlib)."""
+        with open(self.path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return int.from_bytes(fh.read(4), "little") == getattr(self, "produced", -1) % 2**32
 
 
 def _upto(read: Callable[[int], bytes], chunk: int, left: int | None) -> Iterator[bytes]:
@@ -377,7 +410,9 @@ class _Block:
         return _Block(self.data, self.pos, self.starts[s], self.ends[s], self.sizes[s], self.lines[s], self.first + a, damage)
 
 
-def _scan(source: _Source, *, quoted: bool, max_bytes: int, line: int = 1, first: int = 0) -> Iterator[_Block]:
+def _scan(
+    source: _Source, *, quoted: bool, max_bytes: int, line: int = 1, first: int = 0, chunks: Iterator[bytes] | None = None
+) -> Iterator[_Block]:
     """Cut the stream into blocks of whole non-blank records. jsonl: a record is a line that is not
     all whitespace; csv (`quoted`): a non-empty line, where line breaks inside double quotes do not end
     a record. A record larger than `max_bytes` with no end in sight is skipped, keeping its preview."""
@@ -385,7 +420,7 @@ def _scan(source: _Source, *, quoted: bool, max_bytes: int, line: int = 1, first
     carry = b""
     giant: dict[str, Any] | None = None  # a record being skipped: its start, preview, size so far
     at_start = source.offset == 0
-    for chunk in source.chunks():
+    for chunk in source.chunks() if chunks is None else chunks:
         if at_start:
             at_start = False
             if chunk.startswith(BOM):
@@ -521,15 +556,30 @@ def record_index(path: str | Path, max_record_bytes: int = MAX_RECORD_BYTES, *, 
 
 
 def _build_index(path: Path, quoted: bool, gz: bool, max_bytes: int) -> RecordIndex:
+    if gz and path.stat().st_size >= 18:  # one indexed_gzip pass makes both indexes when the file is whole
+        try:
+            source = _Source(path, gz)
+            chunks = source.indexed_pass()
+            if chunks is not None:
+                index = _index_blocks(_Source(path, gz), chunks, quoted, max_bytes)
+                if source.intact():
+                    return index
+        except Exception:  # noqa: BLE001 - not gzip, damaged: the zlib pass below says what is wrong
+            pass
     source = _Source(path, gz)
+    index = _index_blocks(source, source.chunks(), quoted, max_bytes)
+    index.damage = source.damage
+    return index
+
+
+def _index_blocks(source: _Source, chunks: Iterator[bytes], quoted: bool, max_bytes: int) -> RecordIndex:
     index = RecordIndex(0)
-    for block in _scan(source, quoted=quoted, max_bytes=max_bytes):
+    for block in _scan(source, quoted=quoted, max_bytes=max_bytes, chunks=chunks):
         k = np.arange(block.first, block.first + block.n)
         at = np.flatnonzero(k % STRIDE == 0)
         index.offsets.extend((block.pos + block.starts[at]).tolist())
         index.lines.extend(block.lines[at].tolist())
         index.records = block.first + block.n
-    index.damage = source.damage
     return index
 
 
