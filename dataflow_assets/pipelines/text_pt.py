@@ -96,8 +96,9 @@ def _spec():
         name="text_pt",
         build=TextPretrainPipeline,
         description=TextPretrainPipeline.description,
-        # web text keeps roughly 20-70% under these rules; outside a wide band something is wrong
-        gates=[kept_share_gate("minhash_dedup", 0.01, 0.99)],
+        # web text keeps roughly 20-70% under these rules; outside a wide band something is wrong.
+        # Judged before dedup: dedup is dataset-wide, and a shard of copies of earlier shards may keep nothing.
+        gates=[kept_share_gate("fineweb_quality", 0.01, 0.99)],
     )
 
 
