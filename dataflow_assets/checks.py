@@ -54,7 +54,8 @@ def _schema(d: GateInput) -> tuple[bool, dict[str, Any]]:
 
 
 def _non_empty(d: GateInput) -> tuple[bool, dict[str, Any]]:
-    return d.frame.height > 0, {"rows": d.frame.height}
+    # an empty input (0 records) is not a failure of the pipeline: there was nothing to keep
+    return d.frame.height > 0 or d.source_rows == 0, {"rows": d.frame.height, "source_rows": d.source_rows}
 
 
 def _unique_id(d: GateInput) -> tuple[bool, dict[str, Any]]:
@@ -74,7 +75,9 @@ def kept_share_gate(stage: str, low: float, high: float, blocking: bool = True) 
     too low means a filter is misconfigured or the input is junk; too high means filters do nothing."""
 
     def fn(d: GateInput) -> tuple[bool, dict[str, Any]]:
-        share = d.frame.height / d.source_rows if d.source_rows else 0.0
+        if not d.source_rows:  # an empty input: no share to judge
+            return True, {"kept_share": 0.0, "band": f"[{low}, {high}]", "rows": 0, "source_rows": 0}
+        share = d.frame.height / d.source_rows
         return low <= share <= high, {"kept_share": float(share), "band": f"[{low}, {high}]", "rows": d.frame.height}
 
     return Gate("kept_share_in_band", f"Share of source rows kept through {stage} lies in [{low}, {high}].", fn, stage, blocking)
@@ -84,7 +87,9 @@ def non_null_share_gate(stage: str, column: str, minimum: float, name: str | Non
     """Share of rows with a non-null `column` (e.g. an LLM score) must be at least `minimum`."""
 
     def fn(d: GateInput) -> tuple[bool, dict[str, Any]]:
-        share = float(d.frame.get_column(column).is_not_null().mean() or 0.0) if d.frame.height else 0.0
+        if not d.frame.height:  # no rows to score (an empty input, or all dropped upstream): nothing is unscored
+            return True, {f"{column}_share": 0.0, "minimum": minimum, "rows": 0}
+        share = float(d.frame.get_column(column).is_not_null().mean() or 0.0)
         return share >= minimum, {f"{column}_share": share, "minimum": minimum, "rows": d.frame.height}
 
     return Gate(name or f"{column}_share", f"At least {minimum:.0%} of rows have {column}.", fn, stage, blocking)
