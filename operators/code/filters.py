@@ -294,8 +294,8 @@ class PassRateFilter(Filter):
     execution-verified label.
 
     Reads: `pass_rate` (default `pass_rate`), `status` (default `exec_status`). Writes: nothing.
-    Dropped reasons: `not_executed` (no pass rate), `tests_failed` (pass rate too low),
-    `exec_<status>` (the run ended as timeout / memory / crash / blocked / fail).
+    Dropped reasons, first match: `exec_<status>` (the run ended as timeout / memory / crash /
+    blocked / fail), `not_executed` (no pass rate), `tests_failed` (pass rate below the minimum).
     """
 
     reads = {"pass_rate": "pass_rate", "status": "exec_status"}
@@ -307,8 +307,9 @@ class PassRateFilter(Filter):
 
     def keep(self, cols):
         rate, st = pl.col(cols["pass_rate"]), pl.col(cols["status"])
-        out = {"not_executed": rate.is_not_null(), "tests_failed": rate >= self.min_pass_rate}
-        if self.require_pass:
+        out = {}
+        if self.require_pass:  # the run's own outcome is the most telling reason: first
             for s in ("timeout", "memory", "crash", "blocked", "fail"):
                 out[f"exec_{s}"] = st != s
+        out.update({"not_executed": rate.is_not_null(), "tests_failed": rate >= self.min_pass_rate})
         return out

@@ -55,15 +55,55 @@ class SQLSyntaxFilter(Filter):
         return {"sql_syntax": pl.col(cols["sql"]).map_elements(lambda s: _parse_error(s, self.dialect) is None, return_dtype=pl.Boolean)}
 
 
+def _execute_all(frame: pl.DataFrame, sql_col: str, db_col: str, timeout_s: float, row_cap: int, require_rows: bool) -> dict[str, list[Any]]:
+    status, nrows, digest = [], [], []
+    with DatabasePool(timeout_s, row_cap) as pool:
+        for db, sql in zip(frame.get_column(db_col), frame.get_column(sql_col)):
+            res = pool.execute(db, sql) if sql else None
+            st = "error" if res is None else res.status
+            if st == "ok" and require_rows and not res.rows:
+                st = "empty"
+            status.append(st)
+            nrows.append(len(res.rows) if res is not None and res.ok else None)
+            digest.append(res.digest() if res is not None else None)
+    return {"status": status, "rows": nrows, "digest": digest}
+
+
+_EXEC_DTYPES = {"status": pl.String, "rows": pl.Int64, "digest": pl.String}
+
+
 @register
-class SQLExecutabilityFilter(Filter):
-    """Executes each SQL query read-only (authorizer-enforced, time limit, row cap) and drops the
-    rows that do not run.
+class SQLExecutionEvaluator(Evaluator):
+    """Executes each SQL query read-only (authorizer-enforced, time limit, row cap) and records the
+    outcome for every row, dropping none.
 
     Reads: `sql` (default `sql`), `db` (default `db_path`). Writes: `exec_status` (String: ok /
-    denied / error / timeout / row_cap / empty), `exec_rows` (Int64) and `exec_digest` (String, a
-    hash of the order-insensitive result: equal digests, equal results). Drops every row whose
-    status is not `ok` (reason = the status), and with `require_rows=True` empty results too.
+    denied / error / timeout / row_cap, or `empty` for a query returning no row when
+    `require_rows=True`), `exec_rows` (Int64) and `exec_digest` (String, a hash of the
+    order-insensitive result: equal digests, equal results).
+    Use it where the share of executable SQL is measured (a gate), then `SQLExecutabilityFilter`.
+    """
+
+    reads = {"sql": "sql", "db": "db_path"}
+    writes = {"status": "exec_status", "rows": "exec_rows", "digest": "exec_digest"}
+
+    def __init__(self, timeout_s: float = 5.0, row_cap: int = 10_000, require_rows: bool = True):
+        self.timeout_s, self.row_cap, self.require_rows = timeout_s, row_cap, require_rows
+
+    def run(self, frame, cols):
+        res = _execute_all(frame, cols["sql"], cols["db"], self.timeout_s, self.row_cap, self.require_rows)
+        return frame.with_columns([pl.Series(cols[k], v, dtype=_EXEC_DTYPES[k]) for k, v in res.items()])
+
+
+@register
+class SQLExecutabilityFilter(Filter):
+    """Keeps only SQL that executes read-only (authorizer-enforced, time limit, row cap) with a
+    result; executes each query unless an upstream `SQLExecutionEvaluator` already wrote the
+    status column, in which case it filters on that.
+
+    Reads: `sql` (default `sql`), `db` (default `db_path`). Writes: `exec_status`, `exec_rows`,
+    `exec_digest` (as `SQLExecutionEvaluator`). Drops every row whose status is not `ok` (reason
+    `exec_<status>`: denied, error, timeout, row_cap, and empty when `require_rows=True`).
     Use it right after SQL generation; nothing it runs can change a database or write a file.
     """
 
@@ -74,24 +114,29 @@ class SQLExecutabilityFilter(Filter):
         self.timeout_s, self.row_cap, self.require_rows = timeout_s, row_cap, require_rows
 
     def run(self, frame, cols):
-        status, nrows, digest = [], [], []
-        with DatabasePool(self.timeout_s, self.row_cap) as pool:
-            for db, sql in zip(frame.get_column(cols["db"]), frame.get_column(cols["sql"])):
-                res = pool.execute(db, sql) if sql else None
-                st = "error" if res is None else res.status
-                if st == "ok" and self.require_rows and not res.rows:
-                    st = "empty"
-                status.append(st)
-                nrows.append(len(res.rows) if res is not None and res.ok else None)
-                digest.append(res.digest() if res is not None else None)
-        out = frame.with_columns(
-            pl.Series(cols["status"], status, dtype=pl.String),
-            pl.Series(cols["rows"], nrows, dtype=pl.Int64),
-            pl.Series(cols["digest"], digest, dtype=pl.String),
-        )
+        out = frame
+        if not all(cols[k] in frame.columns for k in ("status", "rows", "digest")):
+            res = _execute_all(frame, cols["sql"], cols["db"], self.timeout_s, self.row_cap, self.require_rows)
+            out = frame.with_columns([pl.Series(cols[k], v, dtype=_EXEC_DTYPES[k]) for k, v in res.items()])
         st = pl.col(cols["status"])
         reasons = {f"exec_{s}": st != s for s in ("denied", "error", "timeout", "row_cap", "empty")}
+        reasons["exec_unknown"] = st == "ok"
         return self.apply_keep(out, reasons)
+
+
+@register
+class ExecutionVerifiedFilter(Filter):
+    """Keeps only rows whose label is execution-verified: `exec_verified` true (set by `CoTVoter`:
+    the chosen reasoning's query reproduces the gold query's result).
+
+    Reads: `verified` (default `exec_verified`). Writes: nothing. Dropped reason: `not_verified`.
+    Use it before the final stage so no training row lacks an execution check.
+    """
+
+    reads = {"verified": "exec_verified"}
+
+    def keep(self, cols):
+        return {"not_verified": pl.col(cols["verified"]).fill_null(False)}
 
 
 @register

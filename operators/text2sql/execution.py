@@ -298,7 +298,7 @@ def extract_sql(text: str | None) -> str | None:
     bare SELECT/WITH statement. None when there is none."""
     if not text:
         return None
-    blocks = [b.strip().rstrip(";").strip() for b in _FENCED_SQL.findall(text)]
+    blocks = [b for b in (b.strip().rstrip(";").strip() for b in _FENCED_SQL.findall(text)) if b]
     queries = [b for b in blocks if _LEADING.match(_COMMENTS.sub(" ", b))]
     if queries:
         return queries[-1]

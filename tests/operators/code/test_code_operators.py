@@ -155,7 +155,9 @@ def test_sandbox_test_runner_on_humaneval_and_hostile_rows():
     assert "Network is unreachable" in out["exec_feedback"][5] or "blocked" in out["exec_feedback"][5]
     flt = PassRateFilter()
     kept = flt(out)
-    assert kept.height == 3 and flt.last_report.dropped == {"tests_failed": 2, "not_executed": 2}
+    assert kept.height == 3 and flt.last_report.dropped == {"exec_fail": 2, "exec_timeout": 1, "exec_blocked": 1}
+    lenient = PassRateFilter(min_pass_rate=0.5, require_pass=False)
+    assert lenient(out).height == 4 and lenient.last_report.dropped == {"not_executed": 2, "tests_failed": 1}
 
 
 def test_output_annotator_records_execution_verified_values():
