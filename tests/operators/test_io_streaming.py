@@ -155,3 +155,31 @@ def test_csv_ragged_and_bad_rows_in_a_large_file(tmp_path):
         (3002, "n", "wrong type: cannot read 'notanumber' as Int64"),
     ]
     assert res.records == 5000 and res.frame.height == 4998
+
+
+def test_json_array_streams_element_by_element(tmp_path):
+    elements = [{"text": f"doc {i}", "n": i} for i in range(25_000)]
+    elements[100] = ["not", "an", "object"]
+    elements[20_000] = {"text": None, "n": 1}
+    path = tmp_path / "array.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(elements).encode()))
+    whole = read_input(path, REQ)
+    assert whole.records == 25_000 == count_records(path)
+    assert whole.quarantine.select("row", "field", "reason").rows() == [
+        (101, None, "record is a JSON list, not an object"),
+        (20_001, "text", "missing required field"),
+    ]
+    parts = [read_input(path, REQ, start=s, stop=s + 10_000) for s in range(0, 25_000, 10_000)]
+    assert [p.records for p in parts] == [10_000, 10_000, 5_000]
+    assert pl.concat([p.frame for p in parts]).equals(whole.frame)
+
+
+def test_a_json_file_holding_jsonl_is_read_as_jsonl(tmp_path):
+    path = tmp_path / "lines.json"
+    path.write_text('{"text": "a", "n": 1}\n{"text": "b", "n": 2}\n{"text": "broken\n')
+    res = read_input(path, REQ)
+    assert res.frame.rows() == [("a", 1), ("b", 2)]
+    assert res.quarantine.select("row", "reason").rows()[0][0] == 3
+    single = tmp_path / "one.json"
+    single.write_text('{\n  "text": "pretty",\n  "n": 5\n}\n')
+    assert read_input(single, REQ).frame.rows() == [("pretty", 5)]
