@@ -141,7 +141,7 @@ STEP = textwrap.dedent(
     from resources.llm import make_client
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
     with make_client("llamacpp", n_threads=1, n_ctx=512, cache=False) as client:
-        res = client.generate([LLMRequest(id="a", messages=[{"role": "user", "content": "Say hi."}], params=SamplingParams(max_tokens=16))])
+        res = client.generate([LLMRequest(id="a", messages=[{"role": "user", "content": "Say hi."}], params=SamplingParams(max_tokens=96))])
         print(json.dumps({"url": client.server.base_url, "error": res[0].error}), flush=True)
         while not go.exists():   # a step still using the model while the others start
             time.sleep(0.05)
