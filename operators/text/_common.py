@@ -71,19 +71,31 @@ def safe_div(num: pl.Expr, den: pl.Expr, empty: float = 0.0) -> pl.Expr:
 COMPUTE_CHUNK_ROWS = 10_000
 
 
-def compute(frame: pl.DataFrame, exprs: Mapping[str, pl.Expr], chunk_rows: int | None = None) -> pl.DataFrame:
+def compute(
+    frame: pl.DataFrame,
+    exprs: Mapping[str, pl.Expr],
+    chunk_rows: int | None = None,
+    pre: Mapping[str, pl.Expr] | None = None,
+) -> pl.DataFrame:
     """Evaluate named expressions once each, in parallel (Polars' streaming engine splits the rows
     into morsels across threads; row order is kept). Frames longer than `chunk_rows` (default
     COMPUTE_CHUNK_ROWS) are evaluated slice by slice, so the intermediate lists (lines, words) of
-    only one slice are alive at a time: bounded memory, same values (every expression is row-wise)."""
+    only one slice are alive at a time: bounded memory, same values (every expression is row-wise).
+    `pre` names intermediate columns (e.g. a token list) computed first, once, that `exprs` may
+    read: Polars does not share a common sub-expression such as a regex split between outputs."""
+
+    def run(part: pl.DataFrame, engine: str) -> pl.DataFrame:
+        lf = part.lazy()
+        if pre:
+            lf = lf.with_columns(**pre)
+        return lf.select(**exprs).collect(engine=engine)
+
     if frame.height == 0:
-        return frame.lazy().select(**exprs).collect()
+        return run(frame, "auto")
     rows = chunk_rows or COMPUTE_CHUNK_ROWS
     if frame.height <= rows:
-        return frame.lazy().select(**exprs).collect(engine="streaming")
-    parts = [
-        frame.slice(i, rows).lazy().select(**exprs).collect(engine="streaming") for i in range(0, frame.height, rows)
-    ]
+        return run(frame, "streaming")
+    parts = [run(frame.slice(i, rows), "streaming") for i in range(0, frame.height, rows)]
     return pl.concat(parts, rechunk=False)
 
 
@@ -133,7 +145,7 @@ _ABBREVIATIONS = (
 SPACY_LIKE_TOKEN = (
     r"(?:https?://|www\.)\S+"  # URLs stay whole
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses
-    r"|n['’]t\b|['’](?:[sSmMdD]|ll|LL|re|RE|ve|VE)\b"  # clitics, split off by `_CLITICS` first
+    r"|n['’]t(?-u:\b)|['’](?:[sSmMdD]|ll|LL|re|RE|ve|VE)(?-u:\b)"  # clitics, split off by `_CLITICS` first
     r"|\p{N}+(?:[.,:/]\p{N}+)+"  # 3.5  10,000  6:00  1/2
     r"|(?:\p{L}\.){2,}"  # initials and abbreviations: U.S.  e.g.
     r"|(?:" + "|".join(_ABBREVIATIONS) + r")\."  # spaCy's English abbreviation exceptions
@@ -146,7 +158,7 @@ SPACY_LIKE_TOKEN = (
 )
 # clitics are split off their word first (a space inserted), so that the word pattern can keep
 # other inner apostrophes ("d’un", "O'Brien") in one token, as spaCy does
-_CLITICS = (r"(\p{L})(n['’]t|['’](?:[sSmMdD]|ll|LL|re|RE|ve|VE))\b", "$1 $2")
+_CLITICS = (r"(\p{L})(n['’]t|['’](?:[sSmMdD]|ll|LL|re|RE|ve|VE))(?-u:\b)", "$1 $2")
 # datatrove's PUNCTUATION_SET (its PUNCTUATION string, the C0/C1 control characters and its
 # TERMINAL_PUNCTUATION) as a regex character class; a token made only of these is a "symbol word".
 # tests/operators/text checks it against datatrove's own set.
@@ -237,8 +249,13 @@ class StatsFilter(Filter):
     reads = {"text": "text"}
     writes = {}
 
-    def stats(self, text: pl.Expr) -> dict[str, pl.Expr]:
+    def stats(self, text: pl.Expr, **shared: pl.Expr) -> dict[str, pl.Expr]:
         raise NotImplementedError
+
+    def prepare(self, text: pl.Expr) -> dict[str, pl.Expr]:
+        """Intermediate columns that several statistics read (computed once per row in `run`;
+        `stats` receives them as keyword arguments and must compute them itself when absent)."""
+        return {}
 
     def decide(self, s: Mapping[str, pl.Expr]) -> dict[str, pl.Expr]:
         raise NotImplementedError
@@ -247,6 +264,7 @@ class StatsFilter(Filter):
         return self.decide(self.stats(pl.col(cols["text"])))
 
     def run(self, frame, cols):
-        st = compute(frame, self.stats(pl.col(cols["text"])))
+        pre = self.prepare(pl.col(cols["text"]))
+        st = compute(frame, self.stats(pl.col(cols["text"]), **{k: pl.col(k) for k in pre}), pre=pre)
         dec = st.select(**self.decide({k: pl.col(k) for k in st.columns}))
         return self.apply_keep(frame, {k: dec.get_column(k) for k in dec.columns})

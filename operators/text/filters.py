@@ -636,9 +636,12 @@ class GopherQualityFilter(StatsFilter):
         self.c = {k: v for k, v in self.config().items() if k != "stop_words"}  # the thresholds, by name
         self.stop_words = tuple(stop_words)
 
-    def stats(self, t):
+    def prepare(self, t):
+        return {"_gopher_tokens": word_tokens(t)}
+
+    def stats(self, t, _gopher_tokens=None):
         el = pl.element()
-        tokens = word_tokens(t)
+        tokens = word_tokens(t) if _gopher_tokens is None else _gopher_tokens
         real = el.str.contains("[^" + DATATROVE_PUNCTUATION_CLASS + "]")
         return {
             "words": tokens.list.len(),
