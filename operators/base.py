@@ -369,6 +369,18 @@ def _references(source: str, module: str, index: _ModuleIndex, anchor: str) -> s
     return found
 
 
+def _definition_source(module: str, name: str) -> str | None:
+    index = _module_index(module)
+    return index.defs.get(name) if index is not None else None
+
+
+@lru_cache(maxsize=None)
+def _definition_refs(module: str, name: str, anchor: str) -> frozenset[tuple[str, str]]:
+    """The references of one top-level definition (parsed once per process)."""
+    index = _module_index(module)
+    return frozenset(_references(index.defs[name], module, index, anchor)) if index is not None else frozenset()
+
+
 @lru_cache(maxsize=None)
 def code_closure(cls: type) -> tuple[tuple[str, str], ...]:
     """The project code an operator class executes: the class's source, its project base classes and
@@ -402,10 +414,11 @@ def code_closure(cls: type) -> tuple[tuple[str, str], ...]:
         if (mod, name) in seen:
             continue
         seen[(mod, name)] = source
-        mod_index = _module_index(mod)
-        if mod_index is None:
-            continue
-        for ref in _references(source, mod, mod_index, anchor):
+        refs = _definition_refs(mod, name, anchor) if source is _definition_source(mod, name) else None
+        if refs is None:  # a class outside its module's top level: parse its own source
+            mod_index = _module_index(mod)
+            refs = _references(source, mod, mod_index, anchor) if mod_index is not None else set()
+        for ref in refs:
             ref_index = _module_index(ref[0])
             if ref not in seen and ref_index is not None and ref[1] in ref_index.defs:
                 todo.append((ref, ref_index.defs[ref[1]]))
