@@ -13,12 +13,14 @@ from operators.base import ID, load_all, with_row_ids
 from operators.text2sql.evaluate import (
     CoTVoter,
     ExecutionAccuracyEvaluator,
+    ExecutionVerifiedFilter,
     QuestionSQLConsistencyFilter,
     SchemaLinker,
     SQLComponentClassifier,
     SQLDialectTranspiler,
     SQLExecutabilityFilter,
     SQLExecutionClassifier,
+    SQLExecutionEvaluator,
     SQLNormalizer,
     SQLSyntaxFilter,
 )
@@ -101,6 +103,20 @@ def test_syntax_and_executability_filters_drop_with_reasons(chinook):
     assert ex.last_report.dropped == {"exec_error": 1, "exec_denied": 2, "exec_empty": 1}
     assert kept["exec_status"].to_list() == ["ok", "ok"] and kept["exec_rows"].to_list() == [1, 1]
     assert kept["exec_digest"].null_count() == 0
+
+
+def test_execution_evaluator_keeps_every_row_and_the_filter_reuses_its_status(chinook, monkeypatch):
+    frame = frame_of(db_path=[chinook] * 3, sql=["SELECT count(*) FROM Genre", "DELETE FROM Genre", "SELECT * FROM Genre WHERE 0"])
+    ev = SQLExecutionEvaluator()(frame)
+    assert ev.height == 3 and ev["exec_status"].to_list() == ["ok", "denied", "empty"]
+    import operators.text2sql.evaluate as ev_mod
+
+    monkeypatch.setattr(ev_mod, "_execute_all", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-executed")))
+    flt = SQLExecutabilityFilter()
+    kept = flt(ev)  # filters on the evaluator's status without executing again
+    assert kept["sql"].to_list() == ["SELECT count(*) FROM Genre"] and flt.last_report.dropped == {"exec_denied": 1, "exec_empty": 1}
+    ver = ExecutionVerifiedFilter()
+    assert ver(frame_of(exec_verified=[True, False, None])).height == 1 and ver.last_report.dropped == {"not_verified": 2}
 
 
 def test_question_generation_and_consistency_filter(chinook):
