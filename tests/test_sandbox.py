@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from operators.sandbox import Limits, classify, run_command, run_many, run_python, sandbox_mode
+from operators.sandbox import (
+    Limits,
+    classify,
+    run_command,
+    run_many,
+    run_python,
+    sandbox_mode,
+)
 from tests.conftest import REPO, shared
 
 ISOLATED = sandbox_mode() == "isolated"

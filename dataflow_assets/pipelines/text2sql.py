@@ -27,7 +27,13 @@ from operators.text2sql.evaluate import (
     SQLNormalizer,
     SQLSyntaxFilter,
 )
-from operators.text2sql.generate import CoTGenerator, PromptBuilder, QuestionFromSQLGenerator, SchemaExtractor, SQLGenerator
+from operators.text2sql.generate import (
+    CoTGenerator,
+    PromptBuilder,
+    QuestionFromSQLGenerator,
+    SchemaExtractor,
+    SQLGenerator,
+)
 
 EXEC_FLOOR_ENV = "DATAFLOW_SQL_EXEC_FLOOR"
 DEFAULT_EXEC_FLOOR = 0.5

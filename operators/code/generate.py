@@ -8,7 +8,13 @@ import polars as pl
 
 from operators.base import ID, Evaluator, Generator, register
 from operators.code.common import extract_asserts, extract_code
-from operators.core.common import SCORE_REPLY, CoreLLMOperator, field_of, schema_object, score_schema
+from operators.core.common import (
+    SCORE_REPLY,
+    CoreLLMOperator,
+    field_of,
+    schema_object,
+    score_schema,
+)
 from operators.llm import LLMClient, PromptTemplate, SamplingParams
 
 

@@ -19,7 +19,12 @@ from operators.base import ID, Evaluator, Filter, Generator, Refiner, register
 from operators.core.common import CoreLLMOperator, field_of, schema_object
 from operators.llm import LLMClient, PromptTemplate, SamplingParams
 from operators.text2sql.difficulty import components
-from operators.text2sql.execution import DatabasePool, extract_sql, has_top_level_order_by, results_match
+from operators.text2sql.execution import (
+    DatabasePool,
+    extract_sql,
+    has_top_level_order_by,
+    results_match,
+)
 
 
 def _parse_error(sql: str | None, dialect: str) -> str | None:

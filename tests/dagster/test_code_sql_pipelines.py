@@ -139,7 +139,7 @@ def test_text2sql_exec_share_gate_blocks_below_its_floor(dataflow_home, tmp_path
 def test_both_pipelines_in_process_with_the_loopback_server(tmp_path):
     """The same pipelines without Dagster (fast): stage counts on real data and the gate functions."""
     from dataflow_assets.pipelines.code import CodePipeline, all_passed, pass_share
-    from dataflow_assets.pipelines.text2sql import Text2SQLPipeline, all_verified, exec_share
+    from dataflow_assets.pipelines.text2sql import Text2SQLPipeline, all_verified
     from operators.io import read_input
     from resources.llm import make_client
 
