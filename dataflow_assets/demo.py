@@ -109,7 +109,7 @@ def run_demo(console, run: Callable, print_summary: Callable, *, llm: bool = Tru
         import polars as pl
 
         judge_in = home() / "demo" / "judge_input.jsonl"
-        frame = pl.read_parquet(summary.export).head(judge_rows).select(pl.col("text").str.slice(0, 1200))
+        frame = pl.read_parquet(summary.export).head(judge_rows).select("_id", pl.col("text").str.slice(0, 1200))  # ids kept: trace follows a row through both
         judge_in.parent.mkdir(parents=True, exist_ok=True)
         frame.write_ndjson(judge_in)
         console.print(f"[bold]LLM stage[/]: the embedded SmolLM2 model judges {frame.height} filtered documents")

@@ -223,11 +223,17 @@ def pipeline_assets(
         return dg.AssetKey([name, stage])
 
     # -- source ---------------------------------------------------------------------------
+    # A pipeline that reads another pipeline's export (`upstream = "text_pt"`) keeps its rows' `_id`s
+    # and declares that export as its source's upstream asset, so the graph and `dataflow trace` link them.
+    upstream = getattr(pipeline, "upstream", None)
+    source_deps = [dg.AssetDep(dg.AssetKey([upstream, DATASET]), partition_mapping=dg.AllPartitionMapping())] if upstream else None
+
     @dg.asset(
         key=key(SOURCE),
+        deps=source_deps,
         group_name=name,
         partitions_def=parts,
-        code_version=stable_hash(required, rename, "source-v1"),
+        code_version=stable_hash(required, rename, upstream, "source-v1"),
         kinds={"polars", "parquet"},
         owners=owners or None,
         required_resource_keys={"store"},
@@ -244,7 +250,10 @@ def pipeline_assets(
             # nothing readable: record the file in quarantine, fail this partition only, never retry
             store.write(name, QUARANTINE, partition, quarantine_file(shard.path, str(err)))
             raise dg.Failure(description=str(err), metadata={"input_file": shard.path}, allow_retries=False) from err
-        frame = with_row_ids(result.frame, source=Path(shard.path).name + (f"@{shard.start}" if shard.start else ""))
+        if upstream and ID in result.frame.columns and result.frame.get_column(ID).is_not_null().all():
+            frame = result.frame.select(ID, pl.exclude(ID))  # rows of the upstream export keep their `_id`
+        else:
+            frame = with_row_ids(result.frame, source=Path(shard.path).name + (f"@{shard.start}" if shard.start else ""))
         store.write(name, SOURCE, partition, frame)
         store.write(name, QUARANTINE, partition, result.quarantine)
         reasons = result.quarantine.group_by("reason").len().sort("len", descending=True) if result.quarantined else None

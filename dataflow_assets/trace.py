@@ -67,6 +67,12 @@ def trace_row(pipeline: str, row_id: str, partition: str | None = None, obj: Pip
     if row is None:
         raise KeyError(f"{pipeline}: no row with _id {row_id!r} in the source stage" + (f" of partition {partition}" if partition else ""))
     partition = partition or part
+    upstream = getattr(obj or shipped()[pipeline].pipeline, "upstream", None)
+    if upstream:  # the row came from another pipeline's export (same `_id`): its journey there first
+        try:
+            steps += [{**s, "stage": f"{upstream}/{s['stage']}"} for s in trace_row(upstream, row_id)]
+        except KeyError:
+            pass
     steps.append({"stage": SOURCE, "status": "present", "partition": partition, "values": row})
     seen: dict[str, dict] = {SOURCE: row}
     for st in stages:

@@ -17,7 +17,10 @@ class TextJudgePipeline(Pipeline):
 
     name = "text_judge"
     input_schema = {"text": pl.String}
-    description = "LLM-as-judge quality score (1-5) and rationale for each document"
+    description = "LLM-as-judge quality score (1-5) and rationale for each document of text_pt's export"
+    # reads rows of text_pt's export (`exports/text_pt/...`): their `_id`s are kept, and the asset graph
+    # and `dataflow trace` link the two pipelines
+    upstream = "text_pt"
 
     def __init__(self, max_tokens: int = 96):
         self.quality = LLMJudgeEvaluator(
