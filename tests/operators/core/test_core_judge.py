@@ -33,8 +33,12 @@ def test_llm_judge_scores_rows_by_id_with_schema_range():
     out = judge(frame)
 
     req = client.requests[0]
+    # llama.cpp grammars keep the enum (they ignore minimum/maximum); rationale comes first
     assert req.schema["properties"]["score"] == {"type": "integer", "minimum": 1, "maximum": 5, "enum": [1, 2, 3, 4, 5]}
-    assert req.schema["required"] == ["score", "rationale"]
+    assert list(req.schema["properties"]) == ["rationale", "score"]
+    assert req.schema["required"] == ["rationale", "score"]
+    prompt = user_text(req)
+    assert prompt.index('"rationale"') < prompt.index('"score"')
     assert "i1 <<s5>>" in user_text(req) and "r1" in user_text(req) and "accuracy" in user_text(req)
     assert out.get_column("score").to_list() == [5, 2, 4]
     assert out.schema["score"] == pl.Int64
@@ -63,26 +67,70 @@ def test_llm_judge_on_real_sft_rows_without_instruction():
     assert "rationale" not in out.columns and "quality_meta" in out.columns
 
 
+def test_llm_judge_prompt_has_no_empty_blocks_and_keeps_the_text_intact():
+    doc = "Ingredients:\n\nEggs, flour.\n\nMethod:\n\nMix."  # the text's own empty-looking labels stay
+    frame = frame_of(instruction=["Write a recipe", "   ", None], output=[doc, doc, doc])
+    client = FakeLLM(responder=lambda r: {"rationale": "fine", "score": 3})
+    LLMJudgeEvaluator(llm=client)(frame)
+    with_instruction, blank, null = (user_text(r) for r in client.calls[0])
+    assert "Instruction:\nWrite a recipe" in with_instruction
+    for prompt in (blank, null):
+        assert "Instruction:" not in prompt
+        assert ".\n\nResponse:\n" + doc + "\n\nFirst say" in prompt and prompt.count("Response:") == 1
+    client2 = FakeLLM(responder=lambda r: {"rationale": "fine", "score": 3})
+    LLMJudgeEvaluator(llm=client2)(frame, instruction=None)
+    assert all("Instruction:" not in user_text(r) for r in client2.requests)
+
+
 # --------------------------------------------------------------------------- pairwise
 
 
-def test_pairwise_judge_writes_chosen_and_rejected():
+def _slot(req, letter: str) -> str:
+    return re.search(rf"Response {letter}:\n(.*?)\n\n", user_text(req), re.S).group(1)
+
+
+def test_pairwise_judge_evaluates_both_orders():
     frame = frame_of(
-        instruction=["<<A>> q1", "<<B>> q2", "<<A>> q3"],
-        response_a=["a1", "a2", "a3"],
-        response_b=["b1", "b2", "b3"],
+        instruction=["q1", "q2", "q3"],
+        response_a=["good a1", "a2", "good a3"],
+        response_b=["b1", "good b2", "b3"],
     )
     bad = frame.get_column(ID)[2]
-    client = FakeLLM(responder=lambda r: {"rationale": "r", "winner": tag(r)}, fail={bad: "timeout"})
-    out = PairwiseJudge(llm=client)(frame, rationale="why")
+    # a fair judge: prefers the slot holding the "good" answer, whatever its position
+    client = FakeLLM(
+        responder=lambda r: {"rationale": "r", "winner": "A" if _slot(r, "A").startswith("good") else "B"},
+        fail={bad: "timeout"},
+    )
+    op = PairwiseJudge(llm=client)
+    out = op(frame, rationale="why")
+    assert len(client.calls) == 1 and len(client.requests) == 6  # every pair in both orders, one batch
     assert client.requests[0].schema["properties"]["winner"]["enum"] == ["A", "B"]
-    prompt = user_text(client.requests[0])
-    assert "Response A:\na1" in prompt and "Response B:\nb1" in prompt
+    by_id = {r.id: r for r in client.requests}
+    first_id = frame.get_column(ID)[0]
+    first, swapped = by_id[first_id], by_id[first_id + PairwiseJudge.SWAPPED]
+    assert _slot(first, "A") == _slot(swapped, "B") and _slot(first, "B") == _slot(swapped, "A")
     assert out.get_column("preference").to_list() == ["a", "b", None]
-    assert out.get_column("chosen").to_list() == ["a1", "b2", None]
+    assert out.get_column("chosen").to_list() == ["good a1", "good b2", None]
     assert out.get_column("rejected").to_list() == ["b1", "a2", None]
+    assert out.get_column("position_consistent").to_list() == [True, True, None]
     assert out.get_column("why").to_list() == ["r", "r", None]
     assert out.get_column("preference_meta").to_list()[2]["error"] == "timeout"
+    assert op.last_report.extra["position_consistency"] == 1.0
+
+
+def test_pairwise_judge_flags_position_bias():
+    frame = frame_of(instruction=["q1", "q2"], response_a=["x", "y"], response_b=["z", "w"])
+    client = FakeLLM(responder=lambda r: {"rationale": "first is better", "winner": "A"})  # always the first slot
+    op = PairwiseJudge(llm=client)
+    out = op(frame)
+    assert out.get_column("preference").to_list() == [None, None]
+    assert out.get_column("chosen").to_list() == [None, None]
+    assert out.get_column("position_consistent").to_list() == [False, False]
+    assert op.last_report.extra["position_consistency"] == 0.0
+    single = PairwiseJudge(both_orders=False, llm=FakeLLM(responder=lambda r: {"rationale": "r", "winner": "A"}))
+    out = single(frame)
+    assert out.get_column("preference").to_list() == ["a", "a"]
+    assert "position_consistency" not in single.last_report.extra
 
 
 # --------------------------------------------------------------------------- classifier
