@@ -10,7 +10,9 @@ With one owner, the watchdog stops the server when its parent pid changes (the o
 without cleaning up: SIGKILL, crash). Shared, it reads the state file (written atomically by
 `servers.SharedServer` under its lock) and stops the server when no listed user process is alive
 any more, or when the file no longer names this watchdog (another server replaced it), taking
-the same lock and removing the state so the next user starts a fresh server.
+the same lock and removing the state so the next user starts a fresh server. With `linger_s`
+in the state, an unused server waits that long for a new user first (the next run of a backfill
+reuses the loaded model); a user that joins meanwhile keeps it.
 
 The helpers `process_start` / `user_alive` are imported by `servers.py` too (one definition of
 "alive": same pid and same start time, so a reused pid is not mistaken for the user).
@@ -83,6 +85,13 @@ def main() -> int:
             return True
         return not any(user_alive(u) for u in state.get("users", []))
 
+    def linger_s() -> float:
+        """How long an unused server waits for a new user (0 when the state is gone or replaced)."""
+        state = _read_state(state_path)
+        if state is None or state.get("pid") != os.getpid():
+            return 0.0
+        return float(state.get("linger_s") or 0.0)
+
     def stop_if_unused() -> None:
         """Under the users' lock: when no user is left, remove the state (if it still names this
         watchdog) and stop the server while holding the lock, so a user arriving meanwhile
@@ -103,16 +112,22 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     grace_until = time.monotonic() + 5.0  # the starter writes the state right after spawning us
+    idle_from = None
     while True:
         code = child.poll()
         if code is not None:
             return code
         if shared:
-            if time.monotonic() > grace_until and users_gone():
-                try:
-                    stop_if_unused()
-                except OSError:  # the lock file is gone (home removed): nobody can use us
-                    stop()
+            now = time.monotonic()
+            if now > grace_until and users_gone():
+                idle_from = idle_from or now
+                if now - idle_from >= linger_s():
+                    try:
+                        stop_if_unused()
+                    except OSError:  # the lock file is gone (home removed): nobody can use us
+                        stop()
+            else:
+                idle_from = None
         elif os.getppid() != parent:
             stop()
         time.sleep(0.25)

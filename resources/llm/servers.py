@@ -8,8 +8,10 @@ group, then kills it. It is a context manager and is also stopped at interpreter
 A `SharedServer` is one such server per host and configuration, shared by every step, process
 and run on the host (the embedded llama.cpp model uses it): the first user starts it under a
 file lock, later users join it, each user is listed (pid + start time) in a state file under
-`$DATAFLOW_HOME/servers/<host>/<key>/`, and the last user to leave stops it. Its watchdog reads
-the same file and stops the server when every listed user has died (SIGKILL included), so it is
+`$DATAFLOW_HOME/servers/<host>/<key>/`, and when the last user leaves the server stops after
+`linger_s` without a new user (`DATAFLOW_LLM_SERVER_LINGER`, default 30 s, so the runs of a
+backfill reuse one loaded model; 0 stops it at once). Its watchdog reads the same file and stops
+the server when every listed user has died (SIGKILL included) and the linger has passed, so it is
 never orphaned. Every start is appended to `starts.log` in that folder (`server_starts()`).
 
 Nothing here imports llama_cpp or vllm: they run only in the subprocess, so this module works
@@ -278,15 +280,19 @@ def _kill_group(pgid: int, timeout_s: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+DEFAULT_LINGER_S = 30.0
+
+
 class SharedServer:
     """One managed server per host and configuration, reference-counted across processes.
 
     `cmd` may contain `{port}`; `key` names the configuration (default: a hash of the command).
     `start()` joins the running server or starts it (under the lock in
-    `servers_dir(home)/<key>/`); `stop()` leaves, and the last user stops the server. The same
-    interface as `ManagedServer` (`base_url`, `running`, `start`, `stop`, context manager), so
-    `OpenAIClient(server=...)` uses either. One object is one user; several objects in one
-    process are several users.
+    `servers_dir(home)/<key>/`); `stop()` leaves. With no user left the server stops after
+    `linger_s` seconds unless a new user joins (None: `$DATAFLOW_LLM_SERVER_LINGER`, else 30;
+    0: the last user stops it at once). The same interface as `ManagedServer` (`base_url`,
+    `running`, `start`, `stop`, context manager), so `OpenAIClient(server=...)` uses either. One
+    object is one user; several objects in one process are several users.
     """
 
     def __init__(
@@ -302,7 +308,15 @@ class SharedServer:
         stop_timeout_s: float = 10.0,
         env: dict[str, str] | None = None,
         identity: str | None = None,
+        linger_s: float | None = None,
     ):
+        if linger_s is None:
+            raw = os.environ.get("DATAFLOW_LLM_SERVER_LINGER", "").strip()
+            try:
+                linger_s = float(raw) if raw else DEFAULT_LINGER_S
+            except ValueError:
+                raise ValueError(f"DATAFLOW_LLM_SERVER_LINGER={raw!r}: expected a number of seconds") from None
+        self.linger_s = max(0.0, float(linger_s))
         self.cmd_template = [str(c) for c in cmd]
         self.name, self.host, self.health_path = name, host, health_path
         self.startup_timeout_s, self.stop_timeout_s, self.env = startup_timeout_s, stop_timeout_s, env
@@ -376,6 +390,7 @@ class SharedServer:
                 state = self._read()
                 if state and _group_alive(state["pid"]) and self._healthy(state["port"]):
                     state["users"] = [u for u in state.get("users", []) if user_alive(u)] + [me]
+                    state["linger_s"] = self.linger_s
                     self._write(state)
                 else:
                     if state and _group_alive(state["pid"]):  # alive but not answering: replace it
@@ -400,7 +415,7 @@ class SharedServer:
                 env={**os.environ, **(self.env or {})},
                 start_new_session=True,  # own process group, and it outlives this process while others use it
             )
-        state = {"pid": proc.pid, "port": port, "cmd": cmd, "started": time.time(), "users": [me]}
+        state = {"pid": proc.pid, "port": port, "cmd": cmd, "started": time.time(), "users": [me], "linger_s": self.linger_s}
         self._write(state)
         deadline = time.monotonic() + self.startup_timeout_s
         while not self._healthy(port):
@@ -433,8 +448,9 @@ class SharedServer:
                     if state is None:
                         return
                     users = [u for u in state.get("users", []) if u.get("token") != token and user_alive(u)]
-                    if users:
+                    if users or self.linger_s > 0:  # others use it, or it waits for the next user (the watchdog stops it)
                         state["users"] = users
+                        state["linger_s"] = self.linger_s
                         self._write(state)
                         return
                     with contextlib.suppress(OSError):

@@ -28,6 +28,7 @@ def _private_home(tmp_path, monkeypatch):
     caches never land in the repository's ./.dataflow (a test that needs a specific home sets it)."""
     monkeypatch.setenv("DATAFLOW_HOME", str(tmp_path / "dataflow-home"))
     monkeypatch.delenv("DATAFLOW_CACHE_URL", raising=False)
+    monkeypatch.setenv("DATAFLOW_LLM_SERVER_LINGER", "0")  # shared servers stop when their last user leaves (test_shared_server tests the linger)
 
 
 @pytest.fixture()

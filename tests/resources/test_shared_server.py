@@ -116,6 +116,23 @@ def test_users_in_one_process_share_and_refcount(tmp_path):
     a.stop()  # leaving twice is harmless
 
 
+def test_an_unused_server_lingers_for_the_next_run_then_stops(tmp_path):
+    home = tmp_path / "home"
+    first = SharedServer(LOOPBACK, name="loopback", home=home, startup_timeout_s=60, linger_s=2.0).start()
+    pgid = first.pid
+    first.stop()  # the run ends; the model stays loaded for a moment
+    assert group_alive(pgid)
+    second = SharedServer(LOOPBACK, name="loopback", home=home, startup_timeout_s=60, linger_s=2.0).start()
+    assert second.pid == pgid and len(server_starts(home)) == 1  # the next run reuses it
+    time.sleep(3.0)
+    assert group_alive(pgid)  # in use: the linger does not apply
+    second.stop()
+    t0 = time.monotonic()
+    assert wait_dead(pgid, timeout=15)
+    assert time.monotonic() - t0 >= 1.0  # it waited for a new user before stopping
+    assert not (first.dir / "state.json").exists()
+
+
 def test_a_dead_server_is_replaced(tmp_path):
     home = tmp_path / "home"
     a = SharedServer(LOOPBACK, name="loopback", home=home, startup_timeout_s=60).start()
