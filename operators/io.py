@@ -682,17 +682,23 @@ def _parse_block(block: _Block, ctx: _Ctx, quoted: bool) -> list[pl.DataFrame]:
     return frames
 
 
-def _bisect(parse_fast, parse_each, data: bytes, starts, ends, lines, ctx: _Ctx) -> list[pl.DataFrame]:
-    """Parse records with Polars; a batch it rejects is halved until the bad records stand alone."""
-    if len(starts) <= _SMALL:
+def _bisect(parse_fast, parse_each, data: bytes, starts, ends, lines, ctx: _Ctx, split: bool = True) -> list[pl.DataFrame]:
+    """Parse records with Polars; a batch it rejects is cut in 16 parts, each tried again, and the
+    parts that still fail are checked record by record (exact reasons, as json.loads / csv give them).
+    Cost: a clean batch one Polars pass; a batch with bad records at most two passes plus the
+    record-by-record check of the failing sixteenths (never much more than checking every record)."""
+    if len(starts) > _SMALL:
+        frame = parse_fast(data, starts, ends, lines, ctx)
+        if frame is not None:
+            return [frame]
+    if not split or len(starts) <= _SMALL:
         return [parse_each(data, starts, ends, lines, ctx)]
-    frame = parse_fast(data, starts, ends, lines, ctx)
-    if frame is not None:
-        return [frame]
-    h = len(starts) // 2
-    return _bisect(parse_fast, parse_each, data, starts[:h], ends[:h], lines[:h], ctx) + _bisect(
-        parse_fast, parse_each, data, starts[h:], ends[h:], lines[h:], ctx
-    )
+    out: list[pl.DataFrame] = []
+    cuts = np.linspace(0, len(starts), 17).astype(np.int64)
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        if b > a:
+            out += _bisect(parse_fast, parse_each, data, starts[a:b], ends[a:b], lines[a:b], ctx, split=False)
+    return out
 
 
 # a String value that could be a number, boolean, object or list that Polars turned into text
