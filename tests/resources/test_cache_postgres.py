@@ -86,7 +86,7 @@ def test_selected_by_env_and_used_by_the_client(pg_url, pg_cache, server, monkey
 
     monkeypatch.setenv("DATAFLOW_CACHE_URL", pg_url)
     assert isinstance(open_cache(None), PostgresGenerationCache)
-    assert isinstance(open_cache(False), type(None))
+    assert open_cache(False) is None
     reqs = _reqs(40, "via env")
     client = OpenAIClient(base_url=server.base_url, model="echo")  # cache=None: the store the env names
     assert all(r.ok for r in client.generate(reqs)) and server.requests == 40

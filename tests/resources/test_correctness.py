@@ -44,7 +44,7 @@ def test_key_covers_extra_body_tools_response_format_and_sampling():
 
 
 def test_top_k_100_is_not_served_the_top_k_1_answer(server, cache_path):
-    reqs = lambda k: [LLMRequest(id="a", messages=[{"role": "user", "content": "sample me"}], extra_body={"top_k": k})]  # noqa: E731
+    reqs = lambda k: [LLMRequest(id="a", messages=[{"role": "user", "content": "sample me"}], extra_body={"top_k": k})]
     client = OpenAIClient(base_url=server.base_url, model="echo", cache=cache_path, max_retries=0)
     assert client.generate(reqs(1))[0].ok
     second = client.generate(reqs(100))[0]

@@ -71,7 +71,7 @@ def test_each_chunk_is_persisted_before_the_next_runs(client_factory):
 
 
 def test_a_crash_keeps_the_finished_chunks(client_factory):
-    client, engine, cache = client_factory(die_after=2)
+    client, _, cache = client_factory(die_after=2)
     with pytest.raises(RuntimeError, match="engine died"):
         client.generate(_reqs(8))
     assert len(cache) == 6  # two chunks completed before the engine died
@@ -81,12 +81,12 @@ def test_a_crash_keeps_the_finished_chunks(client_factory):
 
 
 def test_latency_is_per_row_not_the_whole_batch(client_factory):
-    client, engine, _ = client_factory(seconds_per_chunk=0.1)
+    client, _, _ = client_factory(seconds_per_chunk=0.1)
     res = client.generate(_reqs(9))
     lat = [r.latency_s for r in res]
     # each row waited for its own chunk (~0.1 s), not for all three chunks (~0.3 s)
     assert all(0.09 <= x < 0.2 for x in lat), lat
-    client, engine, _ = client_factory(metrics=True)
+    client, _, _ = client_factory(metrics=True)
     res = client.generate(_reqs(3, params=SamplingParams(seed=1)))
     assert [round(r.latency_s, 4) for r in res] == [0.001, 0.002, 0.003]  # the engine's own per-request measure
 
