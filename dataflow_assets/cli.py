@@ -56,7 +56,7 @@ def _quiet_dagster() -> None:
     import logging
 
     warnings.filterwarnings("ignore", module="dagster")
-    logging.getLogger("dagster").setLevel(logging.ERROR)
+    logging.getLogger("dagster").setLevel(logging.CRITICAL)
 
 
 def cmd_operators(args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def _print_summary(summary) -> None:
         table.add_row(s.stage, str(s.rows_in), str(s.rows_out), escape(dropped), str(s.llm_calls or ""), str(s.cache_hits or ""), f"{s.seconds:.2f}")
     console.print(table)
     for line in getattr(summary, "file_errors", []):
-        console.print(f"[yellow]input file:[/] {escape(line)}")
+        console.print(f"[yellow]input file:[/] {escape(line)}", soft_wrap=True)
     if summary.quarantined:
         console.print(f"[yellow]{summary.quarantined} malformed record(s) quarantined[/]: see view {summary.pipeline}.quarantine in the catalog")
     if summary.checks_failed:
@@ -108,9 +108,9 @@ def _print_summary(summary) -> None:
     if summary.export:
         console.print(f"export: {summary.export}")
     if getattr(summary, "export_note", None):
-        console.print(f"[yellow]{escape(summary.export_note)}[/]")
+        console.print(f"[yellow]{escape(summary.export_note)}[/]", soft_wrap=True)
     for line in getattr(summary, "failures", []):
-        console.print(f"[red]FAILED[/] {escape(line)}")
+        console.print(f"[red]FAILED[/] {escape(line)}", soft_wrap=True)
 
 
 def _run_with_progress(name: str, inputs: list[Path], **kwargs: Any):

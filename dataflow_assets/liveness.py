@@ -247,9 +247,27 @@ class RunGuard:
                         self._raise_in_main("interrupted (SIGTERM/SIGINT) while waiting for a pool slot")
                     continue
                 interrupted_since = None
-                self._check_pool_waits()
+                self._check_interrupted_retries()
+                if not self.abort:
+                    self._check_pool_waits()
             except Exception:  # noqa: BLE001 - the guard must never kill the run it guards
                 continue
+
+    def _check_interrupted_retries(self) -> None:
+        """Dagster answers SIGTERM/SIGINT inside a step that has a RetryPolicy by retrying the step
+        ("respect retry policy when interrupts occur"), so a stopped LLM stage would start again: stop
+        the run instead when one of its retries was caused by an interruption."""
+        from dagster import DagsterEventType
+
+        for run in self._own_runs():
+            records = self.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY).records
+            for record in records:
+                err = record.event_log_entry.dagster_event.event_specific_data.error
+                while err is not None:
+                    if err.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                        self._raise_in_main(f"interrupted (SIGTERM/SIGINT) in step {record.event_log_entry.step_key}; the run was stopped")
+                        return
+                    err = err.cause
 
     def _check_pool_waits(self) -> None:
         storage = self.instance.event_log_storage

@@ -23,7 +23,7 @@ from dataflow_assets.factory import DATASET, SOURCE, exports_folder, split_catal
 from dataflow_assets.pipelines import ShippedPipeline, shipped
 from resources.storage import QUARANTINE, ParquetStore, Shard, ShardRegistry, dagster_home, setup_lock
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # failures reach the user as one FAILED line each, not as a stack trace
 
 
 @dataclass
@@ -109,8 +109,9 @@ def register_shards(spec: ShippedPipeline, inputs: Sequence[Path], rows_per_shar
                 shards.append(registry.add(spec.name, path, start, start + rows_per_shard))
         else:
             shards.append(registry.add(spec.name, path))
-    inst = instance()
-    inst.add_dynamic_partitions(f"{spec.name}_shards", [s.key for s in shards])
+    from dataflow_assets.partitions import sync_partitions
+
+    sync_partitions(instance(), spec.name)  # every shard record gets its Dagster partition
     return shards
 
 
@@ -441,6 +442,8 @@ def guarded_runs(summary: RunSummary, on_event: Callable[[dict[str, Any]], None]
     try:
         with guard:
             yield _Guard(inst, on_event, guard, summary)
+            if guard.reason:  # the guard stopped the last partition's run
+                raise RunAborted()
             if _interrupted(summary):  # Dagster swallowed the interrupt into a failed run: stop here too
                 raise KeyboardInterrupt
     except PoolWaitTimeout as err:

@@ -216,9 +216,44 @@ def run_sync(make_coro: Callable[[], Any]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(make_coro())
+        return _run_interruptibly(make_coro) if threading.current_thread() is threading.main_thread() else asyncio.run(make_coro())
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-generate") as ex:
         return ex.submit(lambda: asyncio.run(make_coro())).result()
+
+
+def _run_interruptibly(make_coro: Callable[[], Any]) -> Any:
+    """`asyncio.run` where SIGINT/SIGTERM stop the batch, then act as the handler in place would. Inside
+    a Dagster step that handler raises DagsterExecutionInterruptedError, which asyncio's callback error
+    handler swallows when raised inside the loop (it is no KeyboardInterrupt), so without this a
+    SIGTERM'd stage ran on to the end. Answers already received stay in the cache."""
+    import signal
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted: list[int] = []
+
+    async def main() -> Any:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        for s in previous:
+            loop.add_signal_handler(s, lambda s=s: (interrupted.append(s), task.cancel()))
+        return await make_coro()
+
+    try:
+        result = asyncio.run(main())
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        result = None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    if interrupted:  # what the previous handler does: Dagster's raises its interruption (no op retry)
+        sig, handler = interrupted[0], previous[interrupted[0]]
+        if callable(handler):
+            handler(sig, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(sig)
+        raise KeyboardInterrupt(f"signal {sig} during an LLM batch")
+    return result
 
 
 class _Budget:
