@@ -242,7 +242,14 @@ def pipeline_assets(
     def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         store: ParquetStore = context.resources.store
         partition = partition_of(context)
-        shard = ShardRegistry().get(name, partition or "all")
+        try:
+            shard = ShardRegistry().get(name, partition or "all")
+        except KeyError:
+            raise dg.Failure(
+                description=f"{name}: partition {partition!r} has no shard record (added by hand in the UI?), so there is "
+                f"nothing to read; add inputs with `dataflow run {name} --input FILE` or drop files into inputs/{name}/",
+                allow_retries=False,
+            ) from None
         start = time.perf_counter()
         try:
             result = read_input(shard.path, required, rename=rename, start=shard.start, stop=shard.stop)

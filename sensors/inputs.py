@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from dataflow_assets.partitions import sync_partitions
 from operators.io import InputError, detect_format
 from resources.storage import ShardRegistry, file_sha256, home
 
@@ -112,8 +113,10 @@ def input_sensor(pipeline: str, job_name: str | None = None, minimum_interval_se
             )
         for gone in vanished:
             context.log.warning(f"{pipeline}: input file disappeared: {gone} (its partition and outputs are kept)")
-        if keys:  # add them now, so the run requests below name partitions that exist
-            context.instance.add_dynamic_partitions(f"{pipeline}_shards", keys)
+        # add them now, so the run requests below name partitions that exist (and repair any drift)
+        drift = sync_partitions(context.instance, pipeline)
+        if drift.orphans:
+            context.log.warning(f"{pipeline}: partition(s) {drift.orphans} have no shard record (added by hand?): nothing to read")
         cursor = json.dumps(
             {"files": files, "pending": settling, "vanished": sorted(set(state.get("vanished", [])) | set(vanished))}
         )

@@ -246,3 +246,26 @@ def test_text_judge_reads_text_pt_export_keeping_ids_and_trace_follows_both(data
     assert all(s["status"] == "present" for s in steps), [(s["stage"], s["status"]) for s in steps]
     runs = instance().get_runs(filters=dg.RunsFilter(tags={"dataflow/pipeline": "text_judge"}))
     assert {r.job_name for r in runs} == {"text_judge_stages", "text_judge_catalog"}  # named jobs, never ephemeral
+
+
+def test_partition_truth_stays_in_step_between_dagster_and_the_shard_record(dataflow_home, tmp_path, monkeypatch):
+    from dataflow_assets.partitions import sync_partitions
+    from dataflow_assets.runner import materialize_partition
+    from resources.storage import ShardRegistry
+
+    inst = instance()
+    a = write_demo_corpus(tmp_path / "a.jsonl")
+    drifted = ShardRegistry().add("text_pt", a)  # a shard record whose Dagster partition was never added
+    inst.add_dynamic_partitions("text_pt_shards", ["by-hand"])  # a partition added in the UI: no record
+    sync = sync_partitions(inst, "text_pt")
+    assert sync.added == [drifted.key] and sync.orphans == ["by-hand"]
+    assert set(inst.get_dynamic_partitions("text_pt_shards")) == {drifted.key, "by-hand"}
+    assert sync_partitions(inst, "text_pt").added == []  # idempotent
+    # registering through the runner or the sensor always leaves both records in step
+    shards = register_shards(shipped()["text_pt"], [write_demo_corpus(tmp_path / "b.jsonl")])
+    assert shards[0].key in inst.get_dynamic_partitions("text_pt_shards")
+    # the orphan fails its source with one clear line instead of a KeyError trace
+    result = materialize_partition(shipped()["text_pt"], "by-hand")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "has no shard record" in failure.event_specific_data.user_failure_data.description
