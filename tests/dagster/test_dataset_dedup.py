@@ -214,3 +214,25 @@ def test_dedup_on_a_question_column_across_files(dataflow_home, tmp_path):
     assert sorted(out) == sorted(expected)
     assert not set(copies) & set(out)
     assert summary.stages["exact_dedup"].dropped.get("exact_duplicate", 0) >= 6
+
+
+@pytest.mark.slow
+def test_parallel_backfill_of_text_pt_keeps_each_document_once(dataflow_home, tmp_path):
+    """text_pt's own exact + MinHash stages across three files, backfilled two at a time in the
+    reverse of their registration order: decisions made before an earlier shard existed are
+    re-applied, and every GOOD document of the demo survives exactly once."""
+    from dataflow_assets.demo import GOOD, JUNK
+    from dataflow_assets.pipelines import shipped
+    from dataflow_assets.runner import backfill
+
+    near = GOOD[3].replace("last spring", "last summer").replace("weekly", "monthly")
+    # each file also holds junk the rules drop, so text_pt's kept-share gate sees a normal shard
+    a = _write(tmp_path / "a.jsonl", GOOD[:6] + JUNK[:2])
+    b = _write(tmp_path / "b.jsonl", GOOD[6:] + [GOOD[1], near] + JUNK[2:4])
+    c = _write(tmp_path / "c.jsonl", [GOOD[7].upper(), GOOD[0]] + JUNK[4:6])
+    shards = register_shards(shipped()["text_pt"], [a, b, c])
+    summary = backfill("text_pt", [s.key for s in reversed(shards)], parallel=2)
+    assert summary.success, summary.failures
+    kept = pl.read_parquet(exports_folder("text_pt") / "dataset.parquet").get_column("text").to_list()
+    assert sorted(kept) == sorted(GOOD)
+    assert dedup.stale_applications(ParquetStore(), "text_pt", shipped()["text_pt"].pipeline.trace()) == {}
