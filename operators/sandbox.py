@@ -34,8 +34,8 @@ Two modes, chosen automatically (`sandbox_mode()`):
   sandbox directory, since it may live under a directory `nobody` cannot enter).
 - `fallback` (anything else): a new session with the same resource limits (but no `RLIMIT_NPROC`,
   which would count every process of the calling user), and for Python programs an audit hook
-  (`sys.addaudithook`, which the program cannot remove) that denies socket creation, `os.fork` and
-  signals to other processes. There is no read-only view of the file system in this mode: the
+  (`sys.addaudithook`, which the program cannot remove) that denies socket creation, `os.fork`,
+  signals to other processes and reading other processes' `/proc` entries (their environment). There is no read-only view of the file system in this mode: the
   program can write wherever the calling user can. Prefer `isolated` for untrusted code.
 
 Nothing here imports Dagster or Polars.
@@ -143,6 +143,9 @@ _pid = os.getpid()
 def _sandbox_guard(event, args):
     if event in ("socket.__new__", "os.fork", "os.forkpty") or (
         event in ("os.kill", "os.killpg") and args and args[0] not in (0, _pid)
+    ) or (
+        event == "open" and args and isinstance(args[0], str) and args[0].startswith("/proc/")
+        and not args[0].startswith(("/proc/self/", "/proc/%d/" % _pid))
     ):
         sys.stderr.write("MARK " + event + "\\n"); sys.stderr.flush()
         raise PermissionError("MARK " + event)

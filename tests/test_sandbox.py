@@ -173,7 +173,8 @@ def test_hostile_programs_are_contained_classified_and_the_run_goes_on(tmp_path,
     assert status["kill_parent"] == "blocked"
     assert status["flood_stdout"] == "timeout" and results["flood_stdout"].truncated
     assert len(results["flood_stdout"].stdout) <= limits.output_bytes
-    assert status["escape_group"] == "pass" and results["escape_group"].seconds < limits.wall_s + 3
+    # isolated: the setsid'd child is killed with the PID namespace; fallback: fork itself is denied
+    assert status["escape_group"] == ("pass" if ISOLATED else "blocked") and results["escape_group"].seconds < limits.wall_s + 3
     assert status["normal"] == "pass" and results["normal"].stdout == "still running\n"
     assert elapsed < 60
     # no process of the sandbox survives its call (the setsid'd sleeper included)
