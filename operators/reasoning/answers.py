@@ -4,14 +4,19 @@ Extraction is pure Polars (regular expressions on whole columns, also inside lis
 sampled solutions); verification calls Hugging Face's `math-verify` (LaTeX / expression parsing
 into SymPy and equivalence checking: fractions vs decimals, radicals, intervals, sets, matrices).
 `math-verify` is a Python library with no vectorised form, so `parse`/`verify` run once per value;
-each distinct ground truth is parsed once per call.
+each distinct value is parsed once per process (an LRU cache).
 
 Answer forms recognised, in order of precedence (the last occurrence of a form wins):
 
 1. `\\boxed{...}` / `\\fbox{...}` (nested braces up to four levels), the MATH convention;
 2. `#### ...`, the GSM8K convention;
 3. "the (final) answer is ..." / "Answer: ...", a number in it when the rest is prose;
-4. the last number in the text.
+4. the last number in the text;
+5. (`whole`, for bare ground-truth answers; not in the default list) the whole text when it is
+   one short line.
+
+`math-verify` timeouts rely on SIGALRM, so they apply on the main thread only; elsewhere a parse
+runs without a time limit.
 """
 
 from __future__ import annotations

@@ -57,10 +57,10 @@ class QuestionWellPosednessFilter(CoreLLMOperator, Filter):
         'Reply with a JSON object: {{"well_posed": true or false, "issue": "what is missing or ambiguous, or none"}}.',
         "You are a strict mathematics editor.",
     )
-    schema = schema_object({"well_posed": {"type": "boolean"}, "issue": {"type": "string", "maxLength": 300}})
+    schema = schema_object({"well_posed": {"type": "boolean"}, "issue": {"type": "string", "maxLength": 200}})
 
     def __init__(self, template: PromptTemplate | None = None, params: SamplingParams | None = None, llm: LLMClient | None = None):
-        self._setup(template, params or SamplingParams(temperature=0.0, max_tokens=96), llm)
+        self._setup(template, params or SamplingParams(temperature=0.0, max_tokens=128), llm)
 
     def run(self, frame, cols):
         res = self.ask(frame, cols, schema=self.schema)
