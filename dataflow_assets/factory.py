@@ -336,8 +336,9 @@ def pipeline_assets(
     )
     def catalog(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         store: ParquetStore = context.resources.store
-        views = store.refresh_catalog(name, [SOURCE, QUARANTINE, *[s.name for s in stages], DATASET])
-        out = assemble_export(name)
+        with store.catalog_lock():  # views and the assembled export change together, under one bounded lock
+            views = store.refresh_catalog(name, [SOURCE, QUARANTINE, *[s.name for s in stages], DATASET])
+            out = assemble_export(name)
         return dg.MaterializeResult(
             metadata={"views": ", ".join(views), "catalog": str(store.catalog_path), **out}
         )
