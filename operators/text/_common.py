@@ -151,7 +151,7 @@ SPACY_LIKE_TOKEN = (
     r"|(?:" + "|".join(_ABBREVIATIONS) + r")\."  # spaCy's English abbreviation exceptions
     r"|[\p{L}\p{M}\p{N}]*\p{L}-\p{N}[\p{L}\p{M}\p{N}]*"  # letter-hyphen-digit is not split: RA-1592
     r"|(?:[\p{L}\p{M}\p{N}]*[\p{Ll}\p{Lo}\p{M}\p{N}])?\p{Lu}\."  # a period after one capital stays: J.
-    r"|\p{L}[\p{L}\p{M}\p{N}]*(?:\.\p{L}[\p{L}\p{M}\p{N}]*)+"  # domain-like: example.com
+    r"|\p{L}[\p{L}\p{M}\p{N}]*(?:\.[\p{Ll}\p{N}][\p{L}\p{M}\p{N}]*)+"  # example.com (not "end.Next")
     r"|[\p{L}\p{M}\p{N}]+(?:['’_&]+[\p{L}\p{M}\p{N}]+|\.\p{N}+)*"  # words, numbers; inner ' _ & .5 kept
     r"|\.{2,}|-{2,}"  # ellipsis and dash runs are one token
     r"|\S"  # any other character is a token of its own
