@@ -1,15 +1,21 @@
-"""Rule-based chat-format converters between Alpaca columns, ShareGPT `conversations` and OpenAI
-`messages` (no LLM, vectorised with Polars list/struct expressions).
+"""One rule-based, table-driven chat-format converter between Alpaca columns, ShareGPT
+`conversations` and OpenAI `messages` (no LLM, vectorised with Polars list/struct expressions).
 
-Formats
-- Alpaca: `instruction`, optional `input`, `output` (and optional `system`) string columns.
-- ShareGPT: a `List[Struct{from, value}]` column; `from` is `system` / `human` / `gpt`
+Formats (the table `FORMATS`)
+- `alpaca`: `instruction`, optional `input`, `output` (and optional `system`) string columns.
+- `sharegpt`: a `List[Struct{from, value}]` column; `from` is `system` / `human` / `gpt`
   (also `observation` for tool results).
-- OpenAI messages: a `List[Struct{role, content}]` column; `role` is `system` / `user` /
+- `messages` (OpenAI): a `List[Struct{role, content}]` column; `role` is `system` / `user` /
   `assistant` / `tool`.
+
+Every conversion goes through one canonical turn list (OpenAI roles): the source format's table
+entry says how to read it into that form, the target's how to write it out, so adding a format is
+one table row, not a new operator per pair.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -24,6 +30,31 @@ TO_OPENAI = {"human": "user", "gpt": "assistant", "system": "system", "observati
 TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """One row of the format table: a list-of-turns column (`role_key`/`text_key` struct fields,
+    `to_canonical`/`from_canonical` role maps) or, for Alpaca, `None` keys (single exchange in columns)."""
+
+    name: str
+    column_role: str | None  # the operator role holding the turn list (None: Alpaca columns)
+    role_key: str | None = None
+    text_key: str | None = None
+    to_canonical: dict[str, str] | None = None
+    from_canonical: dict[str, str] | None = None
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return pl.List(pl.Struct({self.role_key: pl.String, self.text_key: pl.String}))
+
+
+FORMATS: dict[str, ChatFormat] = {
+    "alpaca": ChatFormat("alpaca", None),
+    "sharegpt": ChatFormat("sharegpt", "conversations", "from", "value", TO_OPENAI, TO_SHAREGPT),
+    "messages": ChatFormat("messages", "messages", "role", "content", {}, {}),
+}
+ALPACA_ROLES = ("instruction", "input", "output", "system")
+
+
 def _prompt(instruction: pl.Expr, inp: pl.Expr | None) -> pl.Expr:
     """Alpaca prompt: the instruction, followed by the input after a blank line when present."""
     if inp is None:
@@ -32,161 +63,80 @@ def _prompt(instruction: pl.Expr, inp: pl.Expr | None) -> pl.Expr:
     return pl.when(has).then(pl.concat_str(instruction, pl.lit("\n\n"), inp)).otherwise(instruction)
 
 
-def _turns(parts: list[tuple[str, pl.Expr]], key: str, val: str) -> pl.Expr:
-    """A list of {key: role, val: text} structs, leaving out turns whose text is null."""
-    structs = [pl.struct(pl.lit(role).alias(key), text.cast(pl.String).alias(val)) for role, text in parts]
-    return pl.concat_list(structs).list.eval(pl.element().filter(pl.element().struct.field(val).is_not_null()))
-
-
-def _alpaca_parts(cols, user: str, assistant: str, system: str) -> list[tuple[str, pl.Expr]]:
-    parts = []
+def _canonical_from_alpaca(cols: dict[str, str | None]) -> pl.Expr:
+    """Alpaca columns -> List[Struct{role, content}], leaving out turns whose text is null."""
+    parts: list[tuple[str, pl.Expr]] = []
     if cols.get("system"):
-        parts.append((system, pl.col(cols["system"])))
+        parts.append(("system", pl.col(cols["system"])))
     inp = pl.col(cols["input"]) if cols.get("input") else None
-    parts.append((user, _prompt(pl.col(cols["instruction"]), inp)))
-    parts.append((assistant, pl.col(cols["output"])))
-    return parts
-
-
-def _first(turns: pl.Expr, key: str, val: str, role: str) -> pl.Expr:
-    """The text of the first turn with the given role (null when there is none)."""
-    return turns.list.eval(pl.element().filter(pl.element().struct.field(key) == role).struct.field(val)).list.first()
+    parts.append(("user", _prompt(pl.col(cols["instruction"]), inp)))
+    parts.append(("assistant", pl.col(cols["output"])))
+    structs = [pl.struct(pl.lit(r).alias("role"), t.cast(pl.String).alias("content")) for r, t in parts]
+    return pl.concat_list(structs).list.eval(pl.element().filter(pl.element().struct.field("content").is_not_null()))
 
 
 def _remap(turns: pl.Expr, src: tuple[str, str], dst: tuple[str, str], mapping: dict[str, str]) -> pl.Expr:
     (sk, sv), (dk, dv) = src, dst
-    return turns.list.eval(
-        pl.struct(
-            pl.element().struct.field(sk).replace(mapping).alias(dk),
-            pl.element().struct.field(sv).alias(dv),
-        )
-    )
+    role = pl.element().struct.field(sk)
+    return turns.list.eval(pl.struct((role.replace(mapping) if mapping else role).alias(dk), pl.element().struct.field(sv).alias(dv)))
 
 
-class _Converter(Generator):
-    """Rule-based format conversion (not registered)."""
-
-    def __init__(self):
-        pass
+def _first(turns: pl.Expr, role: str) -> pl.Expr:
+    """The content of the first canonical turn with the given role (null when there is none)."""
+    return turns.list.eval(pl.element().filter(pl.element().struct.field("role") == role).struct.field("content")).list.first().cast(pl.String)
 
 
-@register(name="alpaca_to_sharegpt")
-class AlpacaToShareGPT(_Converter):
-    """Converts Alpaca columns into a ShareGPT `conversations` list (rule-based, vectorised).
+@register(name="chat_format_converter")
+class ChatFormatConverter(Generator):
+    """Converts chat data between the `alpaca`, `sharegpt` and `messages` (OpenAI) formats with one
+    table-driven rule (no LLM, vectorised).
 
-    Reads: `instruction` (default `instruction`), optional `input` and `system` (default none),
-    `output` (default `output`). Writes: `conversations` (List[Struct{from, value}]): an optional
-    `system` turn, a `human` turn (instruction + blank line + input when input is non-empty) and a
-    `gpt` turn; null texts are left out. Use it to feed Alpaca-style SFT data to trainers that
-    expect ShareGPT.
+    Reads, by `source` format: `alpaca` -> `instruction` (default `instruction`), `output`
+    (default `output`), optional `input` and `system` (default none); `sharegpt` ->
+    `conversations` (List[Struct{from, value}]); `messages` -> `messages`
+    (List[Struct{role, content}]). Writes, by `target` format, the same roles: a turn list, or
+    for `alpaca` the first user turn as `instruction`, the first assistant turn as `output` and,
+    when the `system` role is bound, the first system turn (later turns are not kept: Alpaca holds
+    one exchange). Alpaca's prompt is the instruction plus a blank line plus the input when the
+    input is non-empty; null texts are left out of turn lists. Roles map human<->user,
+    gpt<->assistant, observation<->tool, function_call->assistant; unknown roles are kept as they
+    are. Use it to feed SFT data to a trainer that expects another chat format, or to normalise a
+    mixed corpus to one format before the conversation validators.
     """
 
-    reads = {"instruction": "instruction", "input": None, "output": "output", "system": None}
-    writes = {"conversations": "conversations"}
+    reads = {"instruction": "instruction", "input": None, "output": "output", "system": None, "conversations": "conversations", "messages": "messages"}
+    writes = {}
+
+    def __init__(self, source: str = "alpaca", target: str = "messages"):
+        for what, fmt in (("source", source), ("target", target)):
+            if fmt not in FORMATS:
+                raise ValueError(f"{what} format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        if source == target:
+            raise ValueError("source and target formats are the same")
+        self.source, self.target = source, target
+
+    def _roles(self, fmt: str) -> list[str]:
+        spec = FORMATS[fmt]
+        return [spec.column_role] if spec.column_role else list(ALPACA_ROLES)
+
+    def input_columns(self, cols):
+        return [(r, cols[r]) for r in self._roles(self.source) if cols.get(r)]
+
+    def output_columns(self, cols):
+        if FORMATS[self.target].column_role:
+            return [cols[FORMATS[self.target].column_role]]
+        return [cols[r] for r in ("instruction", "output", "system") if cols.get(r)]
 
     def run(self, frame, cols):
-        expr = _turns(_alpaca_parts(cols, "human", "gpt", "system"), "from", "value")
-        return frame.with_columns(expr.cast(SHAREGPT_DTYPE).alias(cols["conversations"]))
-
-
-@register
-class AlpacaToMessages(_Converter):
-    """Converts Alpaca columns into OpenAI chat `messages` (rule-based, vectorised).
-
-    Reads: `instruction` (default `instruction`), optional `input` and `system` (default none),
-    `output` (default `output`). Writes: `messages` (List[Struct{role, content}]): an optional
-    `system` message, a `user` message (instruction + blank line + input when input is non-empty)
-    and an `assistant` message; null texts are left out. Use it to prepare SFT data for
-    OpenAI-format fine-tuning or chat templates.
-    """
-
-    reads = {"instruction": "instruction", "input": None, "output": "output", "system": None}
-    writes = {"messages": "messages"}
-
-    def run(self, frame, cols):
-        expr = _turns(_alpaca_parts(cols, "user", "assistant", "system"), "role", "content")
-        return frame.with_columns(expr.cast(MESSAGES_DTYPE).alias(cols["messages"]))
-
-
-@register(name="sharegpt_to_messages")
-class ShareGPTToMessages(_Converter):
-    """Converts a ShareGPT `conversations` list into OpenAI `messages` (rule-based, vectorised).
-
-    Reads: `conversations` (List[Struct{from, value}]). Writes: `messages`
-    (List[Struct{role, content}]); roles map human->user, gpt->assistant, system->system,
-    observation->tool, function_call->assistant; unknown roles are kept as they are.
-    Use it to normalise ShareGPT corpora to the OpenAI chat format.
-    """
-
-    reads = {"conversations": "conversations"}
-    writes = {"messages": "messages"}
-
-    def run(self, frame, cols):
-        expr = _remap(pl.col(cols["conversations"]), ("from", "value"), ("role", "content"), TO_OPENAI)
-        return frame.with_columns(expr.cast(MESSAGES_DTYPE).alias(cols["messages"]))
-
-
-@register(name="messages_to_sharegpt")
-class MessagesToShareGPT(_Converter):
-    """Converts OpenAI `messages` into a ShareGPT `conversations` list (rule-based, vectorised).
-
-    Reads: `messages` (List[Struct{role, content}]). Writes: `conversations`
-    (List[Struct{from, value}]); roles map user->human, assistant->gpt, system->system,
-    tool->observation; unknown roles are kept as they are.
-    Use it for trainers or tools that expect ShareGPT.
-    """
-
-    reads = {"messages": "messages"}
-    writes = {"conversations": "conversations"}
-
-    def run(self, frame, cols):
-        expr = _remap(pl.col(cols["messages"]), ("role", "content"), ("from", "value"), TO_SHAREGPT)
-        return frame.with_columns(expr.cast(SHAREGPT_DTYPE).alias(cols["conversations"]))
-
-
-@register(name="sharegpt_to_alpaca")
-class ShareGPTToAlpaca(_Converter):
-    """Converts a ShareGPT `conversations` list into Alpaca columns (rule-based, vectorised).
-
-    Reads: `conversations` (List[Struct{from, value}]). Writes: `instruction` (the first `human`
-    turn), `output` (the first `gpt` turn) and optional `system` (the first `system` turn; off by
-    default). Later turns of multi-turn conversations are not kept: Alpaca holds one exchange.
-    Use it to turn chat data into single-turn instruction data.
-    """
-
-    reads = {"conversations": "conversations"}
-    writes = {"instruction": "instruction", "output": "output", "system": None}
-
-    def run(self, frame, cols):
-        conv = pl.col(cols["conversations"])
-        exprs = [
-            _first(conv, "from", "value", "human").cast(pl.String).alias(cols["instruction"]),
-            _first(conv, "from", "value", "gpt").cast(pl.String).alias(cols["output"]),
-        ]
-        if cols.get("system"):
-            exprs.append(_first(conv, "from", "value", "system").cast(pl.String).alias(cols["system"]))
-        return frame.with_columns(exprs)
-
-
-@register
-class MessagesToAlpaca(_Converter):
-    """Converts OpenAI `messages` into Alpaca columns (rule-based, vectorised).
-
-    Reads: `messages` (List[Struct{role, content}]). Writes: `instruction` (the first `user`
-    message), `output` (the first `assistant` message) and optional `system` (the first `system`
-    message; off by default). Later turns are not kept: Alpaca holds one exchange.
-    Use it to turn OpenAI-format chats into single-turn instruction data.
-    """
-
-    reads = {"messages": "messages"}
-    writes = {"instruction": "instruction", "output": "output", "system": None}
-
-    def run(self, frame, cols):
-        msgs = pl.col(cols["messages"])
-        exprs = [
-            _first(msgs, "role", "content", "user").cast(pl.String).alias(cols["instruction"]),
-            _first(msgs, "role", "content", "assistant").cast(pl.String).alias(cols["output"]),
-        ]
-        if cols.get("system"):
-            exprs.append(_first(msgs, "role", "content", "system").cast(pl.String).alias(cols["system"]))
-        return frame.with_columns(exprs)
+        src, dst = FORMATS[self.source], FORMATS[self.target]
+        if src.column_role is None:
+            turns = _canonical_from_alpaca(cols)
+        else:
+            turns = _remap(pl.col(cols[src.column_role]), (src.role_key, src.text_key), ("role", "content"), src.to_canonical)
+        if dst.column_role is None:
+            exprs = [_first(turns, "user").alias(cols["instruction"]), _first(turns, "assistant").alias(cols["output"])]
+            if cols.get("system"):
+                exprs.append(_first(turns, "system").alias(cols["system"]))
+            return frame.with_columns(exprs)
+        out = _remap(turns, ("role", "content"), (dst.role_key, dst.text_key), dst.from_canonical)
+        return frame.with_columns(out.cast(dst.dtype).alias(cols[dst.column_role]))

@@ -36,6 +36,8 @@ def universal_frame() -> pl.DataFrame:
             "output": ["A cat sat on a mat.", '{"a": 1}', "Paris."],
             "response_a": ["short", "a", "Paris."],
             "response_b": ["longer answer", "b", "Lyon."],
+            "reference": ["A cat was sitting on the mat.", '{"a": 1}', "Lyon."],
+            "critique": ["- say which mat", "- fine", "- add context"],
             "conversations": [
                 [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
                 [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
@@ -107,7 +109,7 @@ def test_llm_operators_version_tracks_template_text(name):
 
 
 def test_core_operators_trace_in_a_pipeline():
-    from operators.core.convert import AlpacaToMessages
+    from operators.core.convert import ChatFormatConverter
     from operators.core.evaluate import LLMJudgeEvaluator
     from operators.core.filter import ResponseLengthFilter
     from operators.core.generate import AnswerGenerator
@@ -119,7 +121,7 @@ def test_core_operators_trace_in_a_pipeline():
             self.answer = AnswerGenerator()
             self.length = ResponseLengthFilter(min_length=2)
             self.judge = LLMJudgeEvaluator()
-            self.to_chat = AlpacaToMessages()
+            self.to_chat = ChatFormatConverter("alpaca", "messages")
 
         def forward(self, frame):
             frame = self.answer(frame, output="response")

@@ -7,16 +7,7 @@ import polars as pl
 import pytest
 
 from operators.base import ID, with_row_ids
-from operators.core.convert import (
-    MESSAGES_DTYPE,
-    SHAREGPT_DTYPE,
-    AlpacaToMessages,
-    AlpacaToShareGPT,
-    MessagesToAlpaca,
-    MessagesToShareGPT,
-    ShareGPTToAlpaca,
-    ShareGPTToMessages,
-)
+from operators.core.convert import FORMATS, MESSAGES_DTYPE, SHAREGPT_DTYPE, ChatFormatConverter
 from operators.core.filter import JsonValidityFilter, LLMErrorFilter, ResponseLengthFilter
 from operators.llm import META_DTYPE
 from tests.operators.core.core_fakes import load_sft_input
@@ -24,9 +15,41 @@ from tests.operators.core.core_fakes import load_sft_input
 # --------------------------------------------------------------------------- converters
 
 
-def test_converters_are_rule_based():
-    for cls in (AlpacaToShareGPT, AlpacaToMessages, ShareGPTToMessages, MessagesToShareGPT, ShareGPTToAlpaca, MessagesToAlpaca):
-        assert cls.needs_llm is False
+def AlpacaToShareGPT():
+    return ChatFormatConverter("alpaca", "sharegpt")
+
+
+def AlpacaToMessages():
+    return ChatFormatConverter("alpaca", "messages")
+
+
+def ShareGPTToMessages():
+    return ChatFormatConverter("sharegpt", "messages")
+
+
+def MessagesToShareGPT():
+    return ChatFormatConverter("messages", "sharegpt")
+
+
+def ShareGPTToAlpaca():
+    return ChatFormatConverter("sharegpt", "alpaca")
+
+
+def MessagesToAlpaca():
+    return ChatFormatConverter("messages", "alpaca")
+
+
+def test_one_table_driven_converter_serves_every_format_pair():
+    from operators.base import REGISTRY, load_all
+
+    load_all()
+    converters = [n for n, i in REGISTRY.items() if i.domain == "core" and "convert" in i.cls.__module__]
+    assert converters == ["chat_format_converter"] and ChatFormatConverter.needs_llm is False
+    assert set(FORMATS) == {"alpaca", "sharegpt", "messages"}
+    with pytest.raises(ValueError, match="target format"):
+        ChatFormatConverter("alpaca", "chatml")
+    with pytest.raises(ValueError, match="the same"):
+        ChatFormatConverter("messages", "messages")
 
 
 def test_alpaca_to_sharegpt_and_messages_with_input_and_system():
