@@ -55,8 +55,10 @@ class Text2SQLPipeline(Pipeline):
         timeout_s: float = 5.0,
         prompt_format: str = "omnisql",
         max_tokens: int = 384,
+        schema_max_chars: int | None = 3000,
     ):
-        self.schema = SchemaExtractor(sample_values=3)
+        # 3000 characters of schema keep every prompt inside the embedded model's 2048-token context
+        self.schema = SchemaExtractor(sample_values=3, max_chars=schema_max_chars)
         self.generate_sql = SQLGenerator(difficulties=difficulties, per_difficulty=per_difficulty,
                                          params=SamplingParams(temperature=0.8, max_tokens=max_tokens))
         self.normalize = SQLNormalizer()

@@ -275,8 +275,29 @@ def schema_of(db_path: str | Path, sample_values: int = 3) -> dict[str, Any]:
         conn.close()
 
 
-def schema_text(schema: Mapping[str, Any], with_samples: bool = True) -> str:
-    """The schema as DDL, each table followed by a comment with example values, then foreign keys."""
+def schema_text(schema: Mapping[str, Any], with_samples: bool = True, max_chars: int | None = None) -> str:
+    """The schema as DDL, each table followed by a comment with example values, then foreign keys.
+
+    With `max_chars`, a schema that is too long loses its example values first, then whole tables
+    from the end (a `-- N more tables omitted: ...` line says which), so prompts fit small contexts."""
+    text = _schema_text(schema, with_samples)
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    text = _schema_text(schema, False)
+    if len(text) <= max_chars:
+        return text
+    tables = list(schema["tables"])
+    for keep in range(len(tables) - 1, 0, -1):
+        part = {"ddl": schema["ddl"][:keep], "tables": tables[:keep],
+                "foreign_keys": [fk for fk in schema["foreign_keys"] if fk.split(".", 1)[0] in {t["name"] for t in tables[:keep]}]}
+        omitted = [t["name"] for t in tables[keep:]]
+        text = _schema_text(part, False) + f"\n-- {len(omitted)} more tables omitted: {', '.join(omitted)}"
+        if len(text) <= max_chars:
+            return text
+    return text[:max_chars]
+
+
+def _schema_text(schema: Mapping[str, Any], with_samples: bool) -> str:
     parts = []
     for ddl, table in zip(schema["ddl"], schema["tables"]):
         parts.append(ddl.rstrip(";") + ";")

@@ -40,17 +40,18 @@ class SchemaExtractor(Generator):
     `-- examples` comments and a `-- foreign keys` line), `tables` (List[String]) and
     `example_sql` (String, a query over the first table, used as a format example in prompts).
     Each distinct database is read once per call (read-only); a missing or unreadable file leaves
-    null outputs. Use it as the first stage of Text-to-SQL synthesis, or to attach schemas to
+    null outputs. `max_chars` bounds the schema text for small-context models: example values go
+    first, then tables from the end (named in an `-- omitted` line). Use it as the first stage of Text-to-SQL synthesis, or to attach schemas to
     existing question/SQL pairs.
     """
 
     reads = {"db": "db_path"}
     writes = {"schema": "schema", "tables": "tables", "example_sql": "example_sql"}
 
-    def __init__(self, sample_values: int = 3):
+    def __init__(self, sample_values: int = 3, max_chars: int | None = None):
         if sample_values < 0:
             raise ValueError("sample_values must be >= 0")
-        self.sample_values = sample_values
+        self.sample_values, self.max_chars = sample_values, max_chars
 
     def run(self, frame, cols):
         db = cols["db"]
@@ -63,7 +64,7 @@ class SchemaExtractor(Generator):
                 continue
             names = [t["name"] for t in s["tables"]]
             first = names[0].replace('"', '""') if names else None
-            rows.append({"__db": path, "schema": schema_text(s, self.sample_values > 0), "tables": names,
+            rows.append({"__db": path, "schema": schema_text(s, self.sample_values > 0, self.max_chars), "tables": names,
                          "example_sql": f'SELECT * FROM "{first}" LIMIT 3' if first else None})
         right = pl.DataFrame(rows, schema={"__db": pl.String, "schema": pl.String, "tables": pl.List(pl.String), "example_sql": pl.String})
         right = right.rename({"schema": cols["schema"], "tables": cols["tables"], "example_sql": cols["example_sql"]})

@@ -68,6 +68,11 @@ def test_schema_extractor_reads_ddl_samples_and_foreign_keys(chinook, geography,
     assert set(geo["tables"]) >= {"border_info", "city", "state", "river"}
     assert out["schema"][2] == ck["schema"] and out["schema"][3] is None
     assert out.height == 4 and out[ID].to_list() == frame[ID].to_list()
+    small = SchemaExtractor(max_chars=1500)(frame, db="db_path")["schema"][0]
+    assert len(small) <= 1500 and "-- examples" not in small and "more tables omitted" in small
+    assert small.startswith(ck["schema"].split("\n")[0])
+    no_samples = SchemaExtractor(max_chars=len(ck["schema"]) - 1)(frame, db="db_path")["schema"][0]
+    assert "-- examples" not in no_samples and "omitted" not in no_samples  # example values go first
 
 
 def test_sql_generator_asks_each_difficulty_and_extracts_the_query(chinook):
