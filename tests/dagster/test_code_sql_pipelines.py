@@ -159,6 +159,55 @@ def test_both_pipelines_in_process_with_the_loopback_server(tmp_path):
     assert tp.last_stages["generate_sql"].report.rows_out == 16
 
 
+def _refine_input(tmp_path: Path) -> Path:
+    """Real geography question / gold SQL pairs (variables filled in), plus broken pairs."""
+    geo = str(shared("text2sql_data", "geography-db.added-in-2020.sqlite"))
+    data = json.loads(shared("text2sql_data", "geography.json").read_text())
+    records = []
+    for entry in data[:10]:
+        sent = entry["sentences"][0]
+        question, sql = sent["text"], entry["sql"][0]
+        for var in sorted(sent["variables"], key=len, reverse=True):
+            question, sql = question.replace(var, sent["variables"][var]), sql.replace(var, sent["variables"][var])
+        records.append({"db_id": "geography", "db_path": geo, "question": question, "SQL": sql})
+    records += [
+        {"db_id": "geography", "db_path": geo, "question": "remove the city table", "SQL": "DROP TABLE city"},
+        {"db_id": "geography", "db_path": geo, "question": "which column is this", "SQL": "SELECT nope FROM city"},
+        dict(records[0]),  # a duplicate question
+    ]
+    path = tmp_path / "geography_pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_text2sql_refine_in_process_verifies_real_geography_pairs(tmp_path):
+    from dataflow_assets.pipelines.text2sql_refine import Text2SQLRefinePipeline
+    from operators.io import read_input
+    from resources.llm import make_client
+
+    pairs = read_input(_refine_input(tmp_path), dict(Text2SQLRefinePipeline.input_schema), rename={"SQL": "sql"})
+    assert pairs.quarantined == 0 and pairs.frame.height == 13
+    with LoopbackLLMServer() as srv, make_client("openai", base_url=srv.base_url, model="echo", cache=False) as client:
+        pipe = Text2SQLRefinePipeline(cot_samples=2, attempts=2).bind_llm(client)
+        out = pipe(pairs.frame)
+    st = {n: s.report for n, s in pipe.last_stages.items()}
+    assert st["syntax"].dropped == {"sql_syntax": 1}  # DROP TABLE is not a query
+    assert st["executable"].dropped == {"exec_error": 1} and st["exact_dedup"].dropped == {"exact_duplicate": 1}
+    assert out.height == 10 and out.get_column("exec_verified").all()
+    assert set(out.get_column("component_difficulty")) <= {"easy", "medium", "hard", "extra"}
+
+
+@pytest.mark.slow
+def test_text2sql_refine_through_dagster(dataflow_home, tmp_path):
+    from dataflow_assets.runner import run_pipeline
+
+    with LoopbackLLMServer() as srv:
+        summary = run_pipeline("text2sql_refine", [_refine_input(tmp_path)], res=_resources(srv))
+    assert summary.success, (summary.failures, summary.checks_failed)
+    out = pl.read_parquet(summary.export)
+    assert out.height == 10 and out.get_column("exec_verified").all() and summary.invariant_holds()
+
+
 def test_gate_functions_reject_unverified_rows():
     from dataflow_assets.pipelines.code import all_passed, pass_share
     from dataflow_assets.pipelines.text2sql import all_verified, exec_share
