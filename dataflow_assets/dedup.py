@@ -35,7 +35,14 @@ import polars as pl
 
 from operators.base import ID, Stage
 from operators.text.dedup import DatasetDedupFilter
-from resources.storage import ParquetStore, ShardRegistry, UNPARTITIONED, file_lock, write_parquet_atomic, write_text_atomic
+from resources.storage import (
+    UNPARTITIONED,
+    ParquetStore,
+    ShardRegistry,
+    file_lock,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 SIGNATURES = "_signatures"
 DECISIONS = "_decisions"
@@ -187,6 +194,13 @@ def extra_deps(stage: Stage, key: Callable[[str], dg.AssetKey]) -> list[dg.Asset
     return [key(index_name(stage))] if is_dataset_wide(stage) else []
 
 
+def automation(stage: Stage, key: Callable[[str], dg.AssetKey], condition: dg.AutomationCondition) -> dg.AutomationCondition:
+    """The stage asset's automation condition; a dedup stage ignores its (unpartitioned) index, whose
+    every update would otherwise make every partition re-apply: appending a shard changes no earlier
+    decision, and the ones that do change are re-applied by `dataflow run` / backfill."""
+    return condition.ignore(dg.AssetSelection.assets(key(index_name(stage)))) if is_dataset_wide(stage) else condition
+
+
 def stale_applications(store: ParquetStore, pipeline: str, stages: Sequence[Stage]) -> dict[str, str]:
     """Partition -> the first dataset-wide dedup stage whose applied decision is no longer the
     current one (a partition registered earlier materialised later, or changed)."""
@@ -202,10 +216,13 @@ def stale_applications(store: ParquetStore, pipeline: str, stages: Sequence[Stag
     return stale
 
 
-def dropped_ids(store: ParquetStore, pipeline: str, stages: Sequence[Stage]) -> pl.LazyFrame | None:
-    """Every `_id` a current dataset-wide decision drops (for the assembled export)."""
-    files = [p for st in stages if is_dataset_wide(st) for p in (_folder(store, pipeline, st.name) / DECISIONS).glob("*.parquet")]
-    return pl.concat([pl.scan_parquet(f).select(ID) for f in files]) if files else None
+def refresh_decisions(store: ParquetStore, pipeline: str, stages: Sequence[Stage]) -> dict[str, str]:
+    """Bring every dataset-wide decision up to date (a no-op lookup when nothing changed; after a
+    partition was removed, the later ones are re-decided), then return `stale_applications()`."""
+    for stage in stages:
+        if is_dataset_wide(stage) and (_folder(store, pipeline, stage.name) / SIGNATURES).exists():
+            decide_dataset(store, pipeline, stage)
+    return stale_applications(store, pipeline, stages)
 
 
 def partition_rows(pipeline: str, partitions: Sequence[str], exports: Path) -> pl.DataFrame:

@@ -401,7 +401,7 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], e
         code_version=stage.code_version(),
         pool=LLM_POOL if op.needs_llm else None,
         retry_policy=LLM_RETRY if op.needs_llm else None,
-        automation_condition=AUTOMATION,
+        automation_condition=dedup.automation(stage, key, AUTOMATION),
         kinds={"polars", "parquet"},
         tags={"domain": op.domain or "custom", "operator_kind": op.kind, "needs_llm": "yes" if op.needs_llm else "no"},
         owners=list(owners) or None,

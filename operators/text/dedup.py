@@ -234,8 +234,8 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weigh
     best, opt = float("inf"), (1, 1)
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp = integral(lambda s: 1 - (1 - s**r) ** b, 0.0, threshold)
-            fn = integral(lambda s: (1 - s**r) ** b, threshold, 1.0)
+            fp = integral(lambda s, r=r, b=b: 1 - (1 - s**r) ** b, 0.0, threshold)
+            fn = integral(lambda s, r=r, b=b: (1 - s**r) ** b, threshold, 1.0)
             err = fp * fp_weight + fn * fn_weight
             if err < best:
                 best, opt = err, (b, r)

@@ -15,7 +15,13 @@ import pytest
 from dataflow_assets import dedup
 from dataflow_assets.factory import exports_folder
 from dataflow_assets.pipelines import ShippedPipeline
-from dataflow_assets.runner import RunSummary, materialize_partition, reapply_stale_dedup, register_shards, run_pipeline
+from dataflow_assets.runner import (
+    RunSummary,
+    materialize_partition,
+    reapply_stale_dedup,
+    register_shards,
+    run_pipeline,
+)
 from dataflow_assets.trace import format_trace, trace_row
 from operators.base import Pipeline
 from operators.text.dedup import ExactDedupFilter, MinhashDedupFilter
@@ -141,7 +147,7 @@ def test_duplicates_across_two_files_are_dropped_and_name_their_twin(dataflow_ho
 
 
 def test_output_holds_only_this_runs_rows_after_dataset_wide_dedup(dataflow_home, tmp_path, docs):
-    a, b, planted = _planted_files(tmp_path, docs)
+    a, b, _ = _planted_files(tmp_path, docs)
     spec = spec_for()
     first = run_pipeline(spec, [a], output=tmp_path / "a_out.jsonl", res=RES)
     assert first.success and len((tmp_path / "a_out.jsonl").read_text().splitlines()) == 40
