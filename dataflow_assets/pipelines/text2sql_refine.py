@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import polars as pl
 
-from dataflow_assets.pipelines.text2sql import DEFAULT_EXEC_FLOOR, EXEC_FLOOR_ENV, all_verified, exec_share
+from dataflow_assets.pipelines.text2sql import (
+    DEFAULT_EXEC_FLOOR,
+    EXEC_FLOOR_ENV,
+    all_verified,
+    exec_share,
+)
 from operators.base import Pipeline
 from operators.llm import SamplingParams
 from operators.text.dedup import ExactDedupFilter
