@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import os
 import resource
@@ -100,7 +99,12 @@ def worker(argv: list[str]) -> None:
 
     mode, path = argv[0], argv[1]
     required = {k: getattr(pl, v) for k, v in REQUIRED.items()}
-    pl.read_ndjson(io.BytesIO(b'{"text": "warm-up"}\n'))  # Polars' first-call set-up, paid by every process alike
+    # first-call set-up (Polars' lazy imports and thread pool, the reader's code paths), paid by every
+    # process alike, whole or slice, and the same for any reader: warm it on a one-line file first
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = Path(tmp) / "warm.jsonl"
+        warm.write_text('{"text": "warm-up", "url": "u"}\n' * 100)
+        read_input(warm, required)
     base = _rss_mb()
     t = time.perf_counter()
     out: dict = {}

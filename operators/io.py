@@ -40,15 +40,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import ijson
 import numpy as np
 import polars as pl
+
+try:  # seekable gzip for slices (a core dependency); without it slices of a .gz decompress from the start
+    import indexed_gzip
+except ImportError:  # pragma: no cover
+    indexed_gzip = None
 
 QUARANTINE_SCHEMA = {"file": pl.String, "row": pl.Int64, "field": pl.String, "reason": pl.String, "raw": pl.String}
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 RAW_PREVIEW = 2000
 BATCH_BYTES = 16 * 1024 * 1024  # bytes of records handed to Polars at a time
 GZ_READ = 1024 * 1024  # compressed bytes fed to zlib at a time
-GZ_SPACING = 4 * 1024 * 1024  # decompressed bytes between indexed_gzip seek points (32 KiB window each)
+GZ_POINTS = 256  # indexed_gzip seek points aimed at per file (a 32 KiB window each), 1-16 MiB apart
 STRIDE = 1024  # the record index keeps the offset of every STRIDE-th record
 INDEX_VERSION = 1
 BOM = b"\xef\xbb\xbf"
@@ -285,19 +291,22 @@ class _Source:
                     raise InputError(self.path, f"truncated gzip: the compressed stream ends at byte {fed}, before any data")
                 self.damage = f"truncated gzip: the compressed stream ends at byte {fed} before its end marker ({produced} bytes decompressed)"
 
+    def _spacing(self) -> int:
+        """Decompressed bytes between seek points: a slice decompresses half of it on average before
+        its first byte; the index holds 32 KiB per point (text gzips about 4:1)."""
+        return int(min(max(4 * self.path.stat().st_size // GZ_POINTS, 1 << 20), 16 << 20))
+
     def _gz_index_path(self) -> Path:
         return _cache_dir() / f"{_file_key(self.path, 'gzidx')}.gzidx"
 
     def _seek_gz(self) -> Iterator[bytes]:
         """Seek through an indexed_gzip seek-point index (built once, cached); without the library,
         decompress from the start and skip."""
-        try:
-            import indexed_gzip
-        except ImportError:  # pragma: no cover - indexed_gzip is a core dependency
+        if indexed_gzip is None:  # pragma: no cover - indexed_gzip is a core dependency
             yield from _skip(self._gunzip(), self.offset)
             return
         index = self._gz_index_path()
-        fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=GZ_SPACING, index_file=str(index) if index.exists() else None)
+        fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=self._spacing(), index_file=str(index) if index.exists() else None)
         try:
             if not index.exists():
                 fh.build_full_index()
@@ -311,13 +320,11 @@ class _Source:
         """The whole stream read through indexed_gzip, which records seek points as it goes (saved
         for later slices, so one decompression pass serves the record index and the seek index).
         indexed_gzip stops quietly at a truncated end: `intact()` checks the gzip trailer after."""
-        try:
-            import indexed_gzip
-        except ImportError:  # pragma: no cover - indexed_gzip is a core dependency
+        if indexed_gzip is None:  # pragma: no cover - indexed_gzip is a core dependency
             return None
 
         def chunks() -> Iterator[bytes]:
-            fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=GZ_SPACING)
+            fh = indexed_gzip.IndexedGzipFile(str(self.path), spacing=self._spacing())
             try:
                 self.produced = 0
                 while chunk := fh.read(self.chunk):
@@ -939,8 +946,6 @@ def _head(ctx: _Ctx, gz: bool, limit: int) -> bytes:
 def _read_json(ctx: _Ctx, gz: bool, start: int | None, stop: int | None) -> ReadResult:
     """A JSON array, element by element (ijson); a single object is one record; a `.json` file that
     is really jsonl (one object per line) is read as jsonl."""
-    import ijson
-
     head = _head(ctx, gz, 64 * 1024).lstrip()
     if not head:
         ctx.q.add(0, None, "empty file", "")
