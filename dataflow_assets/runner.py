@@ -504,7 +504,11 @@ def _collect_failures(summary: RunSummary, spec: ShippedPipeline, partition: str
         if getattr(data, "user_failure_data", None) is not None and data.user_failure_data.description:
             why = data.user_failure_data.description
         elif getattr(data, "error", None) is not None:
-            why = f"{data.error.cls_name}: {data.error.message.strip()}" if data.error.cls_name else data.error.message.strip()
+            err = data.error
+            while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"):
+                err = err.cause  # the user's exception, not Dagster's wrapper
+            message = err.message.strip().removeprefix(f"{err.cls_name}: ") if err.message else ""
+            why = f"{err.cls_name}: {message}" if err.cls_name else message
         where = f" (partition {key})" if key != "-" else ""
         summary.failures.append(f"{spec.name}/{stage}{where}: {why.splitlines()[0] if why else 'failed'}")
         if stage == SOURCE and key != "?":
@@ -546,7 +550,7 @@ def reapply_stale_dedup(summary: RunSummary, spec: ShippedPipeline, res: dict[st
     """Re-apply dataset-wide dedup where a partition's decision changed after it was applied (a shard
     registered earlier materialised later, as in a parallel backfill): that stage onward, per partition."""
     stages = spec.pipeline.trace()
-    for key, first in dedup.stale_applications(ParquetStore(), spec.name, stages).items():
+    for key, first in dedup.refresh_decisions(ParquetStore(), spec.name, stages).items():
         result = dg.materialize(
             split_catalog(spec.assets)[0],
             selection=dedup.reapply_selection(spec.name, stages, first, DATASET),

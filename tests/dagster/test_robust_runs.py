@@ -335,3 +335,33 @@ def test_unreadable_file_shows_its_reason_and_counts_in_the_summary(dataflow_hom
     assert "quarantined: 1" in res.stdout or "quarantined: 2" in res.stdout
     assert "gzip" in res.stdout and "FAILED text_pt/source (partition bad.jsonl.gz-" in res.stdout
     assert "export:" not in res.stdout and "Traceback" not in res.stdout + res.stderr
+
+
+def test_a_failed_catalog_step_is_reported_and_no_stale_export_path(dataflow_home, tmp_path, monkeypatch):
+    """The catalog lock held elsewhere past its bound: the catalog step fails, the run says so in a
+    FAILED line and reports no export path (the previous export is stale for this run)."""
+    from dataflow_assets.demo import write_demo_corpus
+    from dataflow_assets.runner import run_pipeline
+    from resources.storage import ParquetStore, file_lock
+
+    first = run_pipeline("text_pt", [write_demo_corpus(tmp_path / "a.jsonl")])
+    assert first.success and first.export
+    monkeypatch.setenv("DATAFLOW_CATALOG_LOCK_TIMEOUT_S", "1")
+    ready, release = threading.Event(), threading.Event()
+
+    def hold():
+        with file_lock(ParquetStore().catalog_path.with_suffix(".lock")):
+            ready.set()
+            release.wait(120)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    ready.wait(10)
+    try:
+        second = run_pipeline("text_pt", [write_demo_corpus(tmp_path / "b.jsonl")])
+    finally:
+        release.set()
+        t.join()
+    assert not second.success and second.export is None
+    assert any(f.startswith("text_pt/catalog") and "still locked" in f for f in second.failures), second.failures
+    assert second.export_note and "catalog step failed" in second.export_note
