@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from operators.base import ID, Evaluator, Filter, Generator, register
+from operators.base import Evaluator, Filter, Generator, register
 
 # --------------------------------------------------------------------------- extraction (Polars)
 

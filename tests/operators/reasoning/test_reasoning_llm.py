@@ -3,7 +3,6 @@ requests, joins by `_id`, drop reasons, variants and their ids, n samples, prove
 
 from __future__ import annotations
 
-import json
 
 import polars as pl
 
