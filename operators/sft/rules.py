@@ -357,7 +357,8 @@ class ScoreThresholdFilter(Filter):
     """Keeps rows whose score columns reach their thresholds (keep-by-threshold).
 
     Reads: the columns named in `thresholds` (column -> minimum, inclusive; e.g. {"quality": 4,
-    "complexity": 2}). Writes nothing. Drop reasons: `unscored:<column>` (null score: the judge
+    "complexity": 2}; a Boolean column counts 1 for true, so {"grounded": 1} keeps true rows).
+    Writes nothing. Drop reasons: `unscored:<column>` (null score: the judge
     failed), then `below:<column>`. Use it after LLM judges / reward scores; for a fixed budget use
     `TopKFilter` instead.
     """
@@ -375,7 +376,7 @@ class ScoreThresholdFilter(Filter):
 
     def keep(self, cols):
         keep = {f"unscored:{c}": pl.col(c).is_not_null() for c in self.thresholds}
-        keep.update({f"below:{c}": pl.col(c) >= t for c, t in self.thresholds.items()})
+        keep.update({f"below:{c}": pl.col(c).cast(pl.Float64) >= t for c, t in self.thresholds.items()})  # booleans count 1 / 0
         return keep
 
 

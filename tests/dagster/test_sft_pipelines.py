@@ -1,0 +1,214 @@
+"""The SFT-side pipelines (sft_filter, sft_synth, text2qa, conversations) end to end on real data,
+driven by the loopback HTTP server. The server answers deterministically from the prompt: this
+module swaps its reply rules for ones that read the prompt the way a model would (a judge scores
+long answers high, the grounding judge quotes the claim only when the passage holds it, QA pairs
+quote the passage plus one invented pair), so every filter sees realistic input while every
+outcome stays predictable. Bad input (records without the required field, a blank instruction,
+failed replies that break a conversation's role order) is quarantined or dropped with a reason.
+A slow-marked run uses the embedded SmolLM2 model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import tests.llm_server as loopback
+from tests.conftest import shared
+from tests.llm_server import LoopbackLLMServer
+
+GT = ("dataflow_examples", "example", "GeneralTextPipeline")
+
+
+def _section(prompt: str, label: str) -> str:
+    m = re.search(rf"{label}:\n(.*?)(?:\n\n|\Z)", prompt, re.S)
+    return m.group(1).strip() if m else ""
+
+
+def _norm(t: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", t.lower())).strip()
+
+
+def reply(prompt: str) -> str:
+    """Plain-text replies."""
+    if prompt.startswith("You play a curious user"):
+        return f"Interesting. Could you go deeper into that, with detail number {len(prompt) % 1000}?"
+    if prompt.startswith("Write the first message a user would send"):
+        seed = prompt.split("about: ", 1)[1].split("\n", 1)[0]
+        return f"Hello! Could you explain {seed.rstrip('.')} to me?"
+    if prompt.startswith("Critique the response"):
+        return "- Add one concrete example."
+    if prompt.startswith("Improve the response"):
+        return _section(prompt, "Response") + " For example, it applies in everyday situations."
+    if "Answer the question below" in prompt:
+        q = _section(prompt, "Question")
+        return f"Here is a clear answer to the question: {q} It covers the main idea and gives the reasons behind it."
+    return f"Certainly. You asked: {prompt.strip()} Here is a careful, complete answer with the reasons behind it."
+
+
+def value(schema: dict, prompt: str):
+    """Structured replies, by what the schema asks for."""
+    props = set(schema.get("properties", {}))
+    if props == {"rationale", "score"}:
+        enum = schema["properties"]["score"]["enum"]
+        if prompt.startswith("Rate the complexity"):
+            n = len(_section(prompt, "Instruction").split())
+            return {"rationale": "by length", "score": enum[min(len(enum) - 1, n // 4)]}
+        answer = _section(prompt, "Response")
+        return {"rationale": "detailed" if len(answer.split()) >= 8 else "too short", "score": enum[-1] if len(answer.split()) >= 8 else enum[1]}
+    if props == {"tags"}:
+        words = sorted(set(re.findall(r"[a-z]{5,}", _section(prompt, "Instruction").lower())), key=lambda w: (-len(w), w))
+        return {"tags": words[:2] or ["general"]}
+    if props == {"questions"}:
+        topic, task = re.search(r'about the topic "(.*?)"(?: as a (.*?) task)?\.', prompt).groups()
+        return {"questions": [f"How does {topic} work in practice for a {task or 'general'} question?",
+                              f"What should a beginner know about {topic}?"][: schema["properties"]["questions"]["maxItems"]]}
+    if props == {"pairs"}:
+        passage = prompt.split("Passage:\n", 1)[1]
+        first = re.split(r"(?<=[.!?])\s", passage.strip())[0]
+        return {"pairs": [{"question": f"What does the passage state first about {first.split()[0]}?", "answer": first},
+                          {"question": "What colour is the moon according to the passage?", "answer": "The moon is made of green cheese and purple dragons."}]}
+    if props == {"evidence", "verdict"}:
+        source, claim = _section(prompt, "Source"), _section(prompt, "Claim")
+        ok = _norm(claim) in _norm(source)
+        return {"evidence": claim if ok else "", "verdict": "supported" if ok else "unsupported"}
+    return _ORIG_VALUE(schema, prompt)
+
+
+_ORIG_VALUE = loopback.value_for
+_LAST_PROMPT = [""]
+
+
+@pytest.fixture
+def model_like_loopback(monkeypatch):
+    """The loopback server answering the last user message with the rules above: plain replies
+    from `reply`, structured ones from `value` (which sees the raw prompt)."""
+    real_last = loopback._last_user
+
+    def last_user(messages):
+        _LAST_PROMPT[0] = real_last(messages)
+        return _LAST_PROMPT[0]
+
+    monkeypatch.setattr(loopback, "_first_user", last_user)
+    monkeypatch.setattr(loopback, "echo_text", reply)
+    monkeypatch.setattr(loopback, "value_for", lambda schema, echo: value(schema, _LAST_PROMPT[0]))
+    yield
+
+
+def _resources(srv):
+    from resources.llm import LLMResource
+    from resources.storage import ParquetStore
+
+    return {"store": ParquetStore(), "llm": LLMResource(backend="openai", base_url=srv.base_url, model="echo", max_concurrency=1, timeout_s=20, max_retries=1)}
+
+
+def _client(srv):
+    from resources.llm import make_client
+
+    return make_client("openai", base_url=srv.base_url, model="echo", cache=False, max_concurrency=1)
+
+
+# --------------------------------------------------------------------------- inputs (real data + planted bad records)
+
+
+def sft_input(tmp_path: Path) -> Path:
+    rows = [json.loads(x) for x in shared(*GT, "sft_input.jsonl").read_text().splitlines()]
+    rows += [
+        {"instruction": "Explain the process of natural selection using the example of the peppered moth during the Industrial Revolution!",
+         "output": rows[1]["output"]},  # near copy of a real instruction
+        {"instruction": "Write a short note about the weather in spring.", "output": "I'm sorry, but I can't help with that request."},
+        {"instruction": "   ", "output": "An answer without a question."},
+        {"output": "no instruction field at all"},  # quarantined by the source
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def topics_input(tmp_path: Path) -> Path:
+    rows = [json.loads(x) for x in shared(*GT, "gen_input.jsonl").read_text().splitlines()[:3]]
+    recs = [{"topic": r["input_key"]} for r in rows] + [{"topic": ""}, {"subject": "no topic field"}]
+    path = tmp_path / "topics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def c4_input(tmp_path: Path, n: int = 6) -> Path:
+    docs = pl.read_parquet(shared("c4_validation_2k", "c4_validation_2k.parquet"))
+    docs = docs.filter(pl.col("text").str.count_matches(r"\S+").is_between(120, 400)).head(n)
+    path = tmp_path / "c4.jsonl"
+    recs = docs.to_dicts() + [{"url": "https://example.com/no-text"}]
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in recs))
+    return path
+
+
+def seeds_input(tmp_path: Path) -> Path:
+    rows = [json.loads(x) for x in shared(*GT, "sft_input.jsonl").read_text().splitlines()[:3]]
+    recs = [{"seed": r["instruction"]} for r in rows] + [{"seed": "stall #fault=500*"}, {"topic": "no seed field"}]
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+# --------------------------------------------------------------------------- fast: in process, no Dagster
+
+
+def test_sft_filter_in_process_keeps_only_scored_screened_pairs(model_like_loopback, tmp_path):
+    from dataflow_assets.pipelines.sft_filter import SFTFilterPipeline
+    from operators.io import read_input
+
+    data = read_input(sft_input(tmp_path), {"instruction": pl.String, "output": pl.String})
+    assert data.quarantined == 1
+    with LoopbackLLMServer() as srv, _client(srv) as client:
+        p = SFTFilterPipeline(min_quality=4).bind_llm(client)
+        out = p(data.frame)
+    st = {n: s.report for n, s in p.last_stages.items()}
+    assert st["presence"].dropped == {"missing_instruction": 1}
+    assert st["refusal"].dropped == {"refusal": 1}
+    assert st["length"].dropped == {"instruction_too_short": 1}  # "asdfjkl; asdfjkl;"
+    assert st["exact_dedup"].dropped == {"exact_duplicate": 1}  # the copy that differs in its last punctuation mark
+    assert st["quality"].llm["calls"] == 4 and st["complexity"].llm["calls"] == 4
+    assert st["threshold"].dropped == {"below:quality_score": 1}  # "Paris.": too short for the judge
+    assert out.height == 3
+    assert (out.get_column("quality_score") >= 4).all() and out.get_column("tags").list.len().min() > 0
+    assert "Explain the process of natural selection using the example of the peppered moth during the Industrial Revolution." in out.get_column("instruction").to_list()
+    assert not out.get_column("output").str.starts_with("Certainly").any()  # the opener was stripped
+
+
+def test_text2qa_in_process_keeps_only_grounded_pairs(model_like_loopback, tmp_path):
+    from dataflow_assets.pipelines.text2qa import Text2QAPipeline, all_grounded
+    from operators.io import read_input
+
+    data = read_input(c4_input(tmp_path), {"text": pl.String})
+    assert data.quarantined == 1
+    with LoopbackLLMServer() as srv, _client(srv) as client:
+        p = Text2QAPipeline().bind_llm(client)
+        out = p(data.frame)
+    st = {n: s.report for n, s in p.last_stages.items()}
+    made = st["qa"].rows_out
+    assert made == 2 * st["qa"].rows_in
+    assert st["lexical"].dropped == {"answer_not_in_source": st["qa"].rows_in}  # every invented pair
+    assert out.height > 0 and all_grounded(out)[0]
+    for chunk, ans, ev in out.select("chunk", "output", "evidence").iter_rows():
+        assert _norm(ans) in _norm(chunk) and _norm(ev) in _norm(chunk)
+
+
+def test_conversations_in_process_failed_replies_break_role_order_and_are_dropped(model_like_loopback, tmp_path):
+    from dataflow_assets.pipelines.conversations import ConversationsPipeline
+    from operators.io import read_input
+
+    data = read_input(seeds_input(tmp_path), {"seed": pl.String})
+    assert data.quarantined == 1
+    with LoopbackLLMServer() as srv, _client(srv) as client:
+        p = ConversationsPipeline(num_turns=2, seed_is_question=True).bind_llm(client)
+        out = p(data.frame)
+    st = {n: s.report for n, s in p.last_stages.items()}
+    assert st["synthesize"].llm["errors"] == {"server_error": 1}
+    assert st["role_order"].dropped == {"ends_with_user": 1}  # the seed whose first reply failed
+    assert out.height == 3
+    for conv in out.get_column("messages").to_list():
+        assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant"]
+    assert out.get_column("turn_scores").to_list() == [[5, 5]] * 3 and (out.get_column("num_exchanges") == 2).all()
