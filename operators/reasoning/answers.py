@@ -313,7 +313,8 @@ def _clusters(answers: list[str | None]) -> list[int | None]:
 class SelfConsistencyVoter(Evaluator):
     """Self-consistency voting where no ground truth exists: the sampled answers of a row are
     grouped by `math-verify` equivalence and the largest group wins when its share of all
-    samples reaches `min_agreement` (ties go to the group of the earliest sample). Answers that
+    samples reaches `min_agreement` and it holds at least `min_votes` samples (so one sample alone
+    never counts as a consensus; ties go to the group of the earliest sample). Answers that
     are prose rather than mathematics (a placeholder such as "answer" echoed from the prompt)
     take no part in the vote.
 
@@ -363,7 +364,7 @@ class SelfConsistencyVoter(Evaluator):
             best = max(counts, key=lambda k: (counts[k], -labels.index(k)))
             share = counts[best] / len(answers)
             winner = answers[labels.index(best)]
-            ok = share >= self.min_agreement and counts[best] >= min(self.min_votes, len(answers))
+            ok = share >= self.min_agreement and counts[best] >= self.min_votes  # one sample is no consensus
             rows.append(([lab == best for lab in labels], share, ok, "self_consistency", f"vote {counts[best]}/{len(answers)} for {winner}", winner))
         upd = pl.DataFrame(
             rows,

@@ -165,6 +165,13 @@ def test_voting_verifier_and_solution_choice_on_sampled_answers():
     assert filt.last_report.dropped == {"answer_mismatch": 1, "no_consensus": 1, "no_answer_extracted": 1}
 
 
+def test_a_single_sample_is_no_consensus():
+    frame = pl.DataFrame({"_id": ["one", "two"], "gold_answer": [None, None], "sample_answers": [["4"], ["4", "4.0"]]})
+    out = SelfConsistencyVoter()(frame)
+    assert out.get_column("verified").to_list() == [False, True]
+    assert out.get_column("verification_detail").to_list() == ["vote 1/1 for 4", "vote 2/2 for 4"]
+
+
 def test_answer_type_classifier():
     answers = ["18", "-2.5", "\\frac{3}{8}", "2\\sqrt{3}", "[1, 4)", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", "\\{1, 2\\}", "x^2+1", "4:30 p.m."]
     out = AnswerTypeClassifier()(pl.DataFrame({"final_answer": answers}))
