@@ -250,3 +250,29 @@ def test_a_filter_that_empties_a_shard_warns_unless_the_pipeline_blocks(dataflow
     res = _materialize(blocking, key2)
     done = {e.materialization.asset_key.path[-1] for e in res.get_asset_materialization_events()}
     assert not res.success and "min_words" in done and "dataset" not in done
+
+
+def test_llm_stage_pages_show_model_and_prompt_version(dataflow_home, tmp_path, monkeypatch):
+    """An LLM stage's page shows its prompt template version and sampling parameters before any run,
+    and the model and prompt version that produced its column after a run (loopback server)."""
+    from tests.dagster import llm_defs
+    from tests.llm_server import LoopbackLLMServer
+
+    by_name = {a.key.path[-1]: a for a in llm_defs.ASSETS}
+    spec = by_name["answer"].specs_by_key[dg.AssetKey(["answer", "answer"])]
+    version = llm_defs.Answer().answer.template.version
+    assert spec.metadata["prompt_version"] == version and spec.tags["needs_llm"] == "yes"
+    assert "max_tokens" in spec.metadata["sampling"].value
+    with LoopbackLLMServer() as srv:
+        monkeypatch.setenv("TEST_LLM_BASE_URL", srv.base_url)
+        path = tmp_path / "q.jsonl"
+        path.write_text("".join(json.dumps({"question": f"what is {i}?"}) + "\n" for i in range(3)))
+        shard = ShardRegistry().add("answer", path)
+        dg.DagsterInstance.get().add_dynamic_partitions("answer_shards", [shard.key])
+        res = dg.materialize(
+            [a for a in llm_defs.ASSETS if a.key.path[-1] != "catalog"],
+            partition_key=shard.key, instance=dg.DagsterInstance.get(), resources=llm_defs.resources(), run_config=QUIET,
+        )
+    assert res.success
+    meta = next(e.materialization.metadata for e in res.get_asset_materialization_events() if e.materialization.asset_key.path[-1] == "answer")
+    assert meta["llm_model"].value == "openai:echo" and meta["prompt_version"].value.endswith(version)
