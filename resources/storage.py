@@ -352,7 +352,8 @@ def partition_files(store: ParquetStore, pipeline: str, key: str) -> list[Path]:
     """Every file one partition left under the home: stage outputs, dropped rows, quarantine, and
     its per-partition export (used by `dataflow partitions --remove`)."""
     base = store.base / pipeline
-    files = [p for p in base.rglob(f"{key}.parquet") if p.is_file()] if base.is_dir() else []  # keys hold no glob characters
+    # `<key>.*`: its Parquet files and any per-partition state (dedup decisions, ...); keys hold no glob characters
+    files = [p for p in base.rglob(f"{key}.*") if p.is_file()] if base.is_dir() else []
     exports = home() / "exports" / pipeline / "partitions"
     files += [p for p in (exports / f"{key}.parquet", exports / f"{key}.jsonl", exports / f"{key}.manifest.json") if p.is_file()]
     return sorted(set(files))
