@@ -98,6 +98,10 @@ def detect_format(path: Path) -> tuple[str, bool]:
     for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
         if name.endswith(ext):
             return fmt, gz
+    # --- document hook (operators/knowledge/extract.py): PDF/HTML/DOCX/markdown files are read as documents
+    if name.endswith((".pdf", ".html", ".htm", ".docx", ".doc", ".md", ".markdown")):
+        return "document", gz
+    # --- end document hook
     raise InputError(path, "unsupported input format (expected .jsonl, .json, .parquet or .csv, optionally .gz)")
 
 
@@ -610,6 +614,11 @@ def read_input(
     path = Path(path)
     fmt, gz = detect_format(path)
     check_input(path)
+    if fmt == "document":  # document hook: one row per extracted page/section, failures quarantined
+        from operators.knowledge.extract import read_document
+
+        result = read_document(path, required, rename)
+        return result if start is None and stop is None else type(result)(result.frame.slice(start or 0, (stop or result.frame.height) - (start or 0)), result.quarantine.clear() if start else result.quarantine, result.records)
     ctx = _Ctx(path, dict(required or {}), dict(rename or {}), _Quarantine(str(path)), max_record_bytes)
     if fmt == "parquet":
         return _read_parquet(ctx, gz, start, stop)
