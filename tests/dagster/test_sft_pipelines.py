@@ -212,3 +212,65 @@ def test_conversations_in_process_failed_replies_break_role_order_and_are_droppe
     for conv in out.get_column("messages").to_list():
         assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant"]
     assert out.get_column("turn_scores").to_list() == [[5, 5]] * 3 and (out.get_column("num_exchanges") == 2).all()
+
+
+def test_sft_synth_in_process_dedups_questions_and_judges_refined_answers(model_like_loopback, tmp_path):
+    from dataflow_assets.pipelines.sft_synth import SFTSynthPipeline
+    from operators.io import read_input
+
+    data = read_input(topics_input(tmp_path), {"topic": pl.String})
+    assert data.quarantined == 1
+    with LoopbackLLMServer() as srv, _client(srv) as client:
+        p = SFTSynthPipeline(max_per_topic=2).bind_llm(client)
+        out = p(data.frame)
+    st = {n: s.report for n, s in p.last_stages.items()}
+    assert st["has_topic"].dropped == {"missing_instruction": 1}
+    assert (st["grid"].rows_out, st["questions"].rows_out) == (9, 18)
+    # "What should a beginner know about X?" is asked once per topic, not once per task type
+    assert st["exact_dedup"].dropped == {"exact_duplicate": 6}
+    assert st["near_dedup"].dropped == {"near_duplicate": 4}  # the per-task variants of one question
+    assert st["balance"].dropped == {"topic_over_quota": 2}  # 8 questions over 3 topics, at most 2 each
+    assert out.height == 6 and out.group_by("topic").len().get_column("len").max() <= 2
+    assert out.get_column("output").str.ends_with("For example, it applies in everyday situations.").all()  # refined
+    assert out.get_column("output_changed").all() and (out.get_column("quality_score") >= 4).all()
+    assert out.get_column("_id").n_unique() == out.height
+
+
+# --------------------------------------------------------------------------- through Dagster (`dataflow run`'s runner)
+
+
+def _run(name: str, path: Path, srv):
+    from dataflow_assets.runner import run_pipeline
+
+    summary = run_pipeline(name, [path], res=_resources(srv))
+    assert summary.success, (summary.failures, summary.checks_failed)
+    return summary, pl.read_parquet(summary.export)
+
+
+@pytest.mark.slow
+def test_sft_filter_and_text2qa_through_dagster(model_like_loopback, dataflow_home, tmp_path):
+    with LoopbackLLMServer() as srv:
+        summary, out = _run("sft_filter", sft_input(tmp_path), srv)
+        assert summary.records == 9 and summary.quarantined == 1
+        assert summary.stages["refusal"].dropped == {"refusal": 1} and summary.stages["quality"].llm_calls == 4
+        assert out.height == 3 and (out.get_column("quality_score") >= 3).all()
+        assert summary.invariant_holds()
+        qa, qa_out = _run("text2qa", c4_input(tmp_path, n=3), srv)
+    assert qa.quarantined == 1 and qa_out.height > 0 and qa_out.get_column("grounded").all()
+    assert qa.stages["lexical"].dropped == {"answer_not_in_source": qa.stages["qa"].rows_in}
+
+
+@pytest.mark.slow
+def test_sft_synth_and_conversations_through_dagster(model_like_loopback, dataflow_home, tmp_path):
+    from dataflow_assets.pipelines import shipped
+
+    with LoopbackLLMServer() as srv:
+        synth, synth_out = _run("sft_synth", topics_input(tmp_path), srv)
+        assert synth.quarantined == 1 and synth.stages["exact_dedup"].dropped == {"exact_duplicate": 6}
+        assert synth_out.height == 8 and synth_out.get_column("quality_score").min() >= 4
+        conv, conv_out = _run("conversations", seeds_input(tmp_path), srv)
+    # the default pipeline generates the user's opening from the seed; the stalled seed never gets one
+    assert conv.quarantined == 1 and conv.stages["role_order"].dropped == {"empty_conversation": 1}
+    assert conv_out.height == 3 and (conv_out.get_column("num_exchanges") == 3).all()
+    assert conv_out.get_column("min_turn_score").min() >= 3
+    assert {"sft_filter", "sft_synth", "text2qa", "conversations"} <= set(shipped())
