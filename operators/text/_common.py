@@ -137,7 +137,7 @@ def line_runs_list(text: pl.Expr) -> pl.Expr:
 # mixed number+unit chunks ("15g" -> "15" + "g"). A chunk's tokens never depend on its
 # neighbours (checked on that corpus), so a per-text regex loses nothing.
 # spaCy's English tokenizer exceptions that keep a final period (spacy.blank("en").tokenizer.rules)
-_ABBREVIATIONS = (
+ABBREVIATIONS = (
     "Adm Ak Ala Apr Ariz Ark Aug Bros Calif Co Colo Conn Corp Dec Del Dr Feb Fla Ga Gen Gov Ia Id Ill Inc Ind "
     "Jan Jr Jul Jun Kan Kans Ky La Ltd Mar Mass Md Messrs Mich Minn Miss Mo Mont Mr Mrs Ms Mt Neb Nebr Nev Nov "
     "Oct Okla Ore Pa Prof Rep Rev Sen Sep Sept St Tenn Va Wash Wis co vs [a-zäöü]"
@@ -148,7 +148,7 @@ SPACY_LIKE_TOKEN = (
     r"|n['’]t(?-u:\b)|['’](?:[sSmMdD]|ll|LL|re|RE|ve|VE)(?-u:\b)"  # clitics, split off by `_CLITICS` first
     r"|\p{N}+(?:[.,:/]\p{N}+)+"  # 3.5  10,000  6:00  1/2
     r"|(?:\p{L}\.){2,}"  # initials and abbreviations: U.S.  e.g.
-    r"|(?:" + "|".join(_ABBREVIATIONS) + r")\."  # spaCy's English abbreviation exceptions
+    r"|(?:" + "|".join(ABBREVIATIONS) + r")\."  # spaCy's English abbreviation exceptions
     r"|[\p{L}\p{M}\p{N}]*\p{L}-\p{N}[\p{L}\p{M}\p{N}]*"  # letter-hyphen-digit is not split: RA-1592
     r"|(?:[\p{L}\p{M}\p{N}]*[\p{Ll}\p{Lo}\p{M}\p{N}])?\p{Lu}\."  # a period after one capital stays: J.
     r"|\p{L}[\p{L}\p{M}\p{N}]*(?:\.[\p{Ll}\p{N}][\p{L}\p{M}\p{N}]*)+"  # example.com (not "end.Next")
