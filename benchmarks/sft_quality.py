@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures["total_wall_s"] = round(time.perf_counter() - start, 1)
     print("\npipeline        rows_in  kept  kept_share  calls  tokens_out  wall_s  llm_share")
     for name, f in figures["pipelines"].items():
-        print(f"{name:15} {f['rows_in']:>7} {f['rows_kept']:>5} {str(f['kept_share']):>11} {f['calls']:>6} {f['tokens_out']:>11} {f['wall_s']:>7} {str(f['llm_share_of_wall']):>10}")
+        print(f"{name:15} {f['rows_in']:>7} {f['rows_kept']:>5} {f['kept_share']!s:>11} {f['calls']:>6} {f['tokens_out']:>11} {f['wall_s']:>7} {f['llm_share_of_wall']!s:>10}")
     print(json.dumps(figures, default=str))
     return figures
 

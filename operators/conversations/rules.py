@@ -250,7 +250,7 @@ class TurnScoreFilter(Filter):
 
     def keep(self, cols):
         s = pl.col(cols["scores"])
-        complete = (s.list.len().fill_null(0) > 0) & (s.list.eval(pl.element().is_null()).list.any() == False)  # noqa: E712
+        complete = (s.list.len().fill_null(0) > 0) & ~s.list.eval(pl.element().is_null()).list.any()
         value = s.list.mean() if self.use_mean else s.list.min()
         return {"unscored_turn": complete, "low_turn_score": value >= self.threshold}
 

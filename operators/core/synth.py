@@ -6,7 +6,8 @@ conversation pipelines, usable on any schema."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import polars as pl
 

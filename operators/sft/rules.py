@@ -566,9 +566,7 @@ class DocumentChunker(Generator):
 
 
 STOPWORDS = frozenset(
-    "the a an and or but of to in on for with by at from as is are was were be been being it its this that these those "
-    "there their they them he she his her we our you your i not no yes which who whom what when where why how than then "
-    "so such can could would should will may might must do does did done have has had about into over also more most".split()
+    ["the", "a", "an", "and", "or", "but", "of", "to", "in", "on", "for", "with", "by", "at", "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "there", "their", "they", "them", "he", "she", "his", "her", "we", "our", "you", "your", "i", "not", "no", "yes", "which", "who", "whom", "what", "when", "where", "why", "how", "than", "then", "so", "such", "can", "could", "would", "should", "will", "may", "might", "must", "do", "does", "did", "done", "have", "has", "had", "about", "into", "over", "also", "more", "most"]
 )
 
 

@@ -24,7 +24,7 @@ GT = ("dataflow_examples", "example", "GeneralTextPipeline")
 
 
 def _section(prompt: str, label: str) -> str:
-    m = re.search(rf"{label}:\n(.*?)(?:\n\n|\Z)", prompt, re.S)
+    m = re.search(rf"{label}:\n(.*?)(?:\n\n|\Z)", prompt, re.DOTALL)
     return m.group(1).strip() if m else ""
 
 

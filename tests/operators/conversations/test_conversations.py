@@ -135,7 +135,7 @@ def test_dialogue_synthesis_turn_by_turn_and_failures_leave_a_trailing_user_turn
     assert conv[1]["content"] == f"Answer to: {conv[0]['content']}"
     assert len(client.calls) == 4 and op.last_report.llm["requests"] == 8
     # the assistant's second call saw the whole conversation as chat messages
-    second = [r for r in client.calls[3] if r.id == ids[0]][0]
+    second = next(r for r in client.calls[3] if r.id == ids[0])
     assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "user"]
     failing = FakeLLM(responder=respond, fail={ids[1]: "timeout"})
     out2 = DialogueSynthesizer(num_turns=2, seed_is_question=True, llm=failing)(seeds)
@@ -158,7 +158,7 @@ def test_turn_quality_judge_scores_every_reply_in_context_and_filter_uses_the_mi
     assert out.get_column("turn_scores").to_list()[1] == [5, 2]  # "Germany's capital is Berlin." scored 2
     assert out.get_column("min_turn_score").to_list()[1] == 2
     assert out.get_column("turn_scores").to_list()[4] == [5, None]
-    ctx = [r for r in client.requests if r.id == f"{ids[0]}-turn1"][0].messages[-1]["content"]
+    ctx = next(r for r in client.requests if r.id == f"{ids[0]}-turn1").messages[-1]["content"]
     assert "User: Hi, can you explain what machine learning is?" in ctx and "User: Can you give me a simple example?" in ctx
     assert reasons(TurnScoreFilter(threshold=3), out) == [None, "low_turn_score", None, None, "unscored_turn"]
     assert TurnQualityJudge(llm=client)(conv.clear()).height == 0
