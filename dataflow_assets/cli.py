@@ -411,7 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=3000, help="port to serve on (default 3000)")
     p.set_defaults(fn=cmd_ui)
+
+    from dataflow_assets.agent.cli import add_arguments
+
+    p = sub.add_parser("agent", help="write a verified pipeline from a request: dataflow agent \"REQUEST\" --input FILE")
+    add_arguments(p)
+    p.set_defaults(fn=cmd_agent)
     return parser
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from dataflow_assets.agent.cli import run_agent_command
+
+    _quiet_dagster()
+    return run_agent_command(args, console, UsageError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,4 +37,8 @@ def shipped() -> dict[str, ShippedPipeline]:
     for mod in MODULES:
         spec = importlib.import_module(f"dataflow_assets.pipelines.{mod}").SPEC
         specs[spec.name] = spec
+    # the user's pipelines ($DATAFLOW_HOME/pipelines, DATAFLOW_PIPELINES_PATH), e.g. written by `dataflow agent`
+    from dataflow_assets.agent.user import user_pipelines
+
+    specs.update(user_pipelines(set(specs)))
     return specs
