@@ -89,6 +89,8 @@ def test_lsh_params_match_datasketch():
         for threshold in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
             lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
             assert lsh_params(threshold, num_perm) == (lsh.b, lsh.r), (threshold, num_perm)
+            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.3, 0.7))
+            assert lsh_params(threshold, num_perm, 0.3, 0.7) == (lsh.b, lsh.r), (threshold, num_perm)
 
 
 def test_no_private_datasketch_import():
@@ -159,11 +161,12 @@ def test_minhash_dedup_finds_planted_near_duplicates(c4_frame):
 
 
 def _datasketch_dropped(texts: list[str], op: MinhashDedupFilter) -> np.ndarray:
-    """datasketch's own MinHash + MinHashLSH on the same shingles, with the same rule: a document is
-    a duplicate when an earlier one is an LSH candidate with estimated Jaccard >= threshold."""
+    """datasketch's own MinHash + MinHashLSH (same bands x rows) on the same shingles, with the same
+    rule: a document is a duplicate when an earlier one is an LSH candidate with estimated Jaccard >=
+    threshold. Only the hash functions differ."""
     from datasketch import MinHash, MinHashLSH
 
-    lsh = MinHashLSH(threshold=op.threshold, num_perm=op.num_perm)
+    lsh = MinHashLSH(threshold=op.threshold, num_perm=op.num_perm, params=(op.bands, op.rows))
     n = op.shingle_size
     hashes: list = []
     dropped = np.zeros(len(texts), dtype=bool)
