@@ -81,7 +81,9 @@ class _Chunker(Generator):
 
     def run(self, frame: pl.DataFrame, cols: dict[str, str | None]) -> pl.DataFrame:
         text, chunk, cid = cols["text"], cols["chunk"], cols["chunk_id"]
-        doc = pl.col("doc_id") if "doc_id" in frame.columns else pl.col(ID)
+        if "doc_id" not in frame.columns:  # rows that are not from a document file: each row is a document
+            frame = frame.with_columns(pl.col(ID).alias("doc_id"))
+        doc = pl.col("doc_id")
         page = pl.col("page").cast(pl.String).fill_null("0") if "page" in frame.columns else pl.lit("0")
         parts = frame.with_columns(
             pl.col(text).map_elements(self._split, return_dtype=CHUNK_DTYPE, skip_nulls=False).alias("__chunks"),
@@ -104,7 +106,7 @@ class _Chunker(Generator):
         )
 
     def output_columns(self, cols):
-        return [cols["chunk"], cols["chunk_id"], "chunk_start", "chunk_end", "section", "parent_id", "source_chars"]
+        return [cols["chunk"], cols["chunk_id"], "chunk_start", "chunk_end", "section", "parent_id", "source_chars", "doc_id"]
 
 
 @register
@@ -114,7 +116,7 @@ class TokenChunker(_Chunker):
     Reads: `text`. Writes one row per chunk: `chunk` (an exact slice of the text), `chunk_id`
     (`<doc_id>:p<page>:<start>-<end>`), `chunk_start`/`chunk_end` (character offsets in the parent
     text), `section` (kept from the input when present), `parent_id` (the parent row's `_id`) and
-    `source_chars`. Use it for uniform retrieval passages and embedding-sized inputs; the overlap
+    `source_chars`, and `doc_id` (the row's `_id` when the input has none). Use it for uniform retrieval passages and embedding-sized inputs; the overlap
     keeps a fact that straddles a boundary whole in one chunk.
     """
 

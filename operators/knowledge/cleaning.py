@@ -72,7 +72,7 @@ class LineUnwrapper(Refiner):
 
 
 @register
-class BoilerplateLineRemover(Refiner):
+class DocumentBoilerplateRemover(Refiner):
     """Removes whole lines that are boilerplate: page numbers (`Page 3 of 12`, `- 4 -`), copyright
     and `all rights reserved`, cookie notices, `click here` / `subscribe` / `share` prompts, `skip
     to content`, `this page intentionally left blank`, `downloaded from ...`; plus any `extra`
@@ -94,7 +94,8 @@ class RepeatedLineRemover(Refiner):
     """Removes running headers and footers: lines that recur (digits ignored, so `Page 3` and `Page 4`
     match) on at least `min_share` of the pages of the same document, when it has `min_pages` or more.
 
-    Reads/rewrites: `text`; groups by `document` (default `source_path`). Use it on PDF pages, where
+    Reads/rewrites: `text`; groups by `document` (default `source_path`; absent: each row is its own
+    document, so nothing is removed). Use it on PDF pages, where
     titles, author names and page numbers repeat on every page and would otherwise land in chunks.
     """
 
@@ -103,8 +104,15 @@ class RepeatedLineRemover(Refiner):
     def __init__(self, min_share: float = 0.5, min_pages: int = 3, max_line_chars: int = 120):
         self.min_share, self.min_pages, self.max_line_chars = min_share, min_pages, max_line_chars
 
+    def input_columns(self, cols):
+        return [("text", cols["text"])]  # without a document column every row is its own document
+
     def run(self, frame, cols):
         col, doc = cols["text"], cols["document"]
+        if doc not in frame.columns:
+            frame = frame.with_columns(pl.col(ID).alias(doc))
+            out = self.run(frame, cols)
+            return out.drop(doc)
         if frame.height == 0:
             self.last_report.modified = 0
             return frame
@@ -138,7 +146,7 @@ class RepeatedLineRemover(Refiner):
 
 
 @register
-class WhitespaceNormalizer(Refiner):
+class DocumentWhitespaceNormalizer(Refiner):
     """Normalises whitespace: non-breaking and other unicode spaces to a space, runs of spaces and
     tabs to one, trailing spaces removed, three or more newlines to a blank line, ends trimmed.
 

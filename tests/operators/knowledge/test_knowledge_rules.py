@@ -11,7 +11,7 @@ from operators.base import with_row_ids
 from operators.io import read_input
 from operators.knowledge.chunking import MarkdownHeadingChunker, SentenceChunker, TokenChunker, chunk_coverage, sentence_spans
 from operators.knowledge.cleaning import (
-    BoilerplateLineRemover,
+    DocumentBoilerplateRemover,
     ChunkLengthFilter,
     ExtractionQualityFilter,
     HyphenationJoiner,
@@ -20,7 +20,7 @@ from operators.knowledge.cleaning import (
     NovelTokenRatio,
     RepeatedLineRemover,
     UnicodeFixer,
-    WhitespaceNormalizer,
+    DocumentWhitespaceNormalizer,
 )
 from operators.knowledge.extract import DocumentExtractor, extract_document
 from tests.conftest import shared
@@ -89,7 +89,7 @@ def test_bad_documents_are_quarantined_with_a_reason_and_others_go_on(tmp_path):
 def test_rule_cleaning_on_real_pdf_text_and_constructed_faults():
     res = read_input(shared("dataflow_examples", "example", "KBCleaningPipeline", "bitter_lesson.pdf"))
     frame = with_row_ids(res.frame, "t")
-    out = WhitespaceNormalizer()(LineUnwrapper()(HyphenationJoiner()(BoilerplateLineRemover()(UnicodeFixer()(frame)))))
+    out = DocumentWhitespaceNormalizer()(LineUnwrapper()(HyphenationJoiner()(DocumentBoilerplateRemover()(UnicodeFixer()(frame)))))
     assert out.height == 2 and "\n\n\n" not in out.get_column("text")[0]
     faults = with_row_ids(pl.DataFrame({
         "text": [
@@ -102,7 +102,7 @@ def test_rule_cleaning_on_real_pdf_text_and_constructed_faults():
     }), "t")
     fixed = UnicodeFixer()(faults)
     assert "’s" in fixed.get_column("text")[0]
-    joined = HyphenationJoiner()(BoilerplateLineRemover()(fixed)).get_column("text")[0]
+    joined = HyphenationJoiner()(DocumentBoilerplateRemover()(fixed)).get_column("text")[0]
     assert "information" in joined and "Page 3" not in joined and "rights reserved" not in joined and "COVID-\n19" in joined
     rep = RepeatedLineRemover(min_pages=3)(faults)
     assert rep.get_column("text").to_list()[1:] == ["real content one", "real content two", "real content three"]
