@@ -10,7 +10,7 @@ from typing import Callable
 
 from operators.base import Pipeline
 
-MODULES = ["text_pt", "text_judge", "math_reasoning", "code", "text2sql", "text2sql_refine", "sft_filter", "sft_synth", "text2qa", "conversations", "conversation_filter"]
+MODULES = ["text_pt", "text_judge", "math_reasoning", "code", "text2sql", "text2sql_refine", "sft_filter", "sft_synth", "text2qa", "conversations", "conversation_filter", "knowledge", "agentic_rag"]
 
 
 @dataclass
