@@ -5,6 +5,7 @@ and the executor (in-process by default)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -80,13 +81,37 @@ def build_definitions() -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+@functools.cache
+def _all_definitions() -> dg.Definitions:
+    return build_definitions()
+
+
+@dg.definitions
+def dataflow_definitions() -> dg.Definitions:
+    """What `dagster dev -w workspace.yaml` (`dataflow ui`) and the daemon load: every shipped pipeline.
+    Built when Dagster asks, not at import, so the CLI can import this module and build only the
+    pipeline it runs (a broken pipeline elsewhere does not stop it)."""
+    return _all_definitions()
+
+
+def __getattr__(name: str) -> Any:  # `from dataflow_assets.definitions import defs`: built on first use
+    if name == "defs":
+        return _all_definitions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def pipeline_definitions(pipeline: str) -> dg.Definitions:
+    """One shipped pipeline's assets, named jobs and resources (what a CLI run executes): the same job
+    names and asset keys as in the full definitions, so the UI re-executes its runs there."""
+    spec = shipped()[pipeline]
+    return dg.Definitions(assets=spec.assets, jobs=pipeline_jobs(spec), resources=resources_for_env(), executor=executor())
 
 
 def stages_job(pipeline: str) -> dg.JobDefinition:
     """The resolved `<pipeline>_stages` job (a reconstructable target: `build_reconstructable_job`)."""
-    return defs.resolve_job_def(f"{pipeline}_stages")
+    return pipeline_definitions(pipeline).resolve_job_def(f"{pipeline}_stages")
 
 
 def catalog_job(pipeline: str) -> dg.JobDefinition:
-    return defs.resolve_job_def(f"{pipeline}_catalog")
+    return pipeline_definitions(pipeline).resolve_job_def(f"{pipeline}_catalog")

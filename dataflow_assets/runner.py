@@ -275,14 +275,14 @@ def submit_backfill(spec: ShippedPipeline, keys: Sequence[str], stages: Sequence
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from dataflow_assets.definitions import defs
+    from dataflow_assets.definitions import pipeline_definitions
 
     names = list(stages) if stages else [a.key.path[-1] for a in split_catalog(spec.assets)[0]]
     inst = instance()
     with dg.partition_loading_context(dynamic_partitions_store=inst):
         backfill = PartitionBackfill.from_asset_partitions(
             backfill_id=make_new_backfill_id(),
-            asset_graph=defs.resolve_asset_graph(),
+            asset_graph=pipeline_definitions(spec.name).resolve_asset_graph(),
             partition_names=list(keys),
             asset_selection=[dg.AssetKey([spec.name, s]) for s in names],
             backfill_timestamp=time.time(),
@@ -305,10 +305,10 @@ def finish_backfill(backfill: Any, ok_keys: Sequence[str], failed_keys: Sequence
     from dagster._core.execution.asset_backfill import AssetBackfillData
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from dataflow_assets.definitions import defs
+    from dataflow_assets.definitions import pipeline_definitions
 
     inst = instance()
-    graph = defs.resolve_asset_graph()
+    graph = pipeline_definitions(backfill.asset_selection[0].path[0]).resolve_asset_graph()
     data = backfill.asset_backfill_data
 
     def subset(keys: Sequence[str]) -> Any:
@@ -551,15 +551,9 @@ def reapply_stale_dedup(summary: RunSummary, spec: ShippedPipeline, res: dict[st
     registered earlier materialised later, as in a parallel backfill): that stage onward, per partition."""
     stages = spec.pipeline.trace()
     for key, first in dedup.refresh_decisions(ParquetStore(), spec.name, stages).items():
-        result = dg.materialize(
-            split_catalog(spec.assets)[0],
-            selection=dedup.reapply_selection(spec.name, stages, first, DATASET),
-            partition_key=key,
-            instance=instance(),
-            resources=res or resources(),
-            run_config=QUIET,
-            raise_on_error=False,
-            tags={"dataflow/pipeline": spec.name, "dataflow/dedup": "reapply", **owner_tags()},
+        selection = dedup.reapply_selection(spec.name, stages, first, DATASET)
+        result = run_named_job(  # a run of `<pipeline>_stages` like every CLI run (re-executable from the UI)
+            spec, "stages", partition=key, stages=[k.path[-1] for k in selection], tags={"dataflow/dedup": "reapply"}, res=res
         )
         summary.success &= result.success
         _collect_failures(summary, spec, key, result.all_events)

@@ -76,9 +76,9 @@ def test_backfill_runs_partitions_in_parallel_with_multiprocess_executor(dataflo
     assert {r.tags["dagster/partition"] for r in runs} == {s.key for s in shards}
     from dagster._core.execution.asset_backfill import AssetBackfillStatus
 
-    from dataflow_assets.definitions import defs
+    from dataflow_assets.definitions import pipeline_definitions
 
-    status = backfills[0].asset_backfill_data.get_backfill_status_per_asset_key(defs.resolve_asset_graph())
+    status = backfills[0].asset_backfill_data.get_backfill_status_per_asset_key(pipeline_definitions("text_pt").resolve_asset_graph())
     partitioned = {s.asset_key.path[-1]: s for s in status if hasattr(s, "partitions_counts_by_status")}
     assert set(partitioned) >= {"source", "minhash_dedup", "dataset"}  # what the UI's backfill page counts
     assert all(s.partitions_counts_by_status.get(AssetBackfillStatus.MATERIALIZED) == 2 for s in partitioned.values())
@@ -219,14 +219,15 @@ def test_nightly_schedule_is_off_by_default_and_requests_every_shard(dataflow_ho
 def test_text_judge_reads_text_pt_export_keeping_ids_and_trace_follows_both(dataflow_home, tmp_path):
     """Lineage across pipelines: text_judge's source declares text_pt's dataset as its upstream asset,
     rows from text_pt's export keep their `_id`, and `trace_row` follows one row through both."""
-    from dataflow_assets.definitions import defs
+    from dataflow_assets.definitions import pipeline_definitions
     from resources.llm import LLMResource
     from resources.storage import ParquetStore
     from tests.llm_server import LoopbackLLMServer
 
-    graph = defs.resolve_asset_graph()
-    assert dg.AssetKey(["text_pt", "dataset"]) in graph.get(dg.AssetKey(["text_judge", "source"])).parent_keys
-    assert graph.get(dg.AssetKey(["text_pt", "catalog"])).parent_keys == {dg.AssetKey(["text_pt", "dataset"])}
+    judge_graph = pipeline_definitions("text_judge").resolve_asset_graph()
+    assert dg.AssetKey(["text_pt", "dataset"]) in judge_graph.get(dg.AssetKey(["text_judge", "source"])).parent_keys
+    pt_graph = pipeline_definitions("text_pt").resolve_asset_graph()
+    assert pt_graph.get(dg.AssetKey(["text_pt", "catalog"])).parent_keys == {dg.AssetKey(["text_pt", "dataset"])}
 
     kept = run_pipeline("text_pt", [write_demo_corpus(tmp_path / "corpus.jsonl")])
     assert kept.success, kept.failures
