@@ -180,7 +180,7 @@ def build_pipeline(
     order = ["llm", "deterministic"] if planner == "llm" else ["deterministic"]
     last_error = None
     for kind in order:
-        p = LLMPlanner(llm, catalog) if kind == "llm" else DeterministicPlanner(catalog, retriever)
+        p = LLMPlanner(llm, catalog, synthesis=synthesize) if kind == "llm" else DeterministicPlanner(catalog, retriever)
         plan = None
         for number in range(1, max_rounds + 1):
             try:
@@ -204,6 +204,12 @@ def build_pipeline(
             say(f"[{kind} round {number}] plan {plan.name}:")
             for line in plan.describe():
                 say(f"    {line}")
+            synth_error = _synthesize_steps(plan, catalog, sample, llm, result, say, p) if kind == "llm" else None
+            if synth_error:
+                last_error = synth_error
+                result.rounds.append(Round(kind, number, plan.describe(), "synth", last_error))
+                say(f"[{kind} round {number}] synthesis failed: {last_error}")
+                continue
             problems = validate_plan(plan, catalog, schema)
             if problems:
                 last_error = "\n".join(problems)
@@ -256,6 +262,36 @@ def write_pipeline(result: AgentResult, out: str | Path | None) -> Path:
     tmp.write_text(result.source)
     tmp.replace(path)
     return path
+
+
+def _synthesize_steps(plan: Plan, catalog: dict[str, Card], sample: pl.DataFrame, llm: Any, result: AgentResult,
+                      say: Callable[[str], None], planner: Any) -> str | None:
+    """Replace every "synthesize" step by a new, vetted operator; the first rejection is the round's error."""
+    from dataflow_assets.agent.catalog import cards
+    from dataflow_assets.agent.plan import SYNTHESIZE
+    from dataflow_assets.agent.synth import synthesize
+    from operators.base import REGISTRY
+
+    for i, step in enumerate(plan.steps, 1):
+        if step.operator != SYNTHESIZE:
+            continue
+        if not getattr(planner, "synthesis", False):
+            return f"step {i}: operator synthesis is turned off; use a listed operator"
+        say(f"    synthesising an operator for step {i}: {step.description}")
+        res = synthesize(llm, step.description, step.columns, sample)
+        result.tokens += res.tokens
+        if not res.accepted:
+            result.synthesized["rejected"] += 1
+            return f"step {i}: the synthesised operator was rejected: " + "; ".join(res.reasons)
+        result.synthesized["accepted"] += 1
+        card = cards({res.name: REGISTRY[res.name]})[res.name]
+        catalog[res.name] = card
+        getattr(planner, "_cands", {})[res.name] = card
+        roles = {**card.reads, **card.writes}
+        step.operator, step.columns = res.name, {r: c for r, c in step.columns.items() if r in roles}
+        step.why = step.why or f"synthesised ({res.path}): {step.description}"
+        say(f"    accepted {res.name} ({card.kind}) -> {res.path}")
+    return None
 
 
 _RETRIEVERS: dict[int, Retriever] = {}

@@ -22,6 +22,7 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=dict)  # role -> column
     why: str = ""
+    description: str = ""  # operator "synthesize": what the new operator must do
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Plan:
             params, columns = s.get("params") or {}, s.get("columns") or {}
             if not isinstance(params, dict) or not isinstance(columns, dict):
                 raise ValueError(f'step {i}: "params" and "columns" must be objects')
-            steps.append(Step(s["operator"], dict(params), {str(k): str(v) for k, v in columns.items()}, str(s.get("why", ""))))
+            steps.append(Step(s["operator"], dict(params), {str(k): str(v) for k, v in columns.items()}, str(s.get("why", "")),
+                              str(s.get("description", ""))))
         return cls(safe_name(str(value.get("name") or name)), steps)
 
 
@@ -81,9 +83,21 @@ def name_from_request(request: str) -> str:
 # --------------------------------------------------------------------------- schema + validation
 
 
-def plan_schema(candidates: Mapping[str, Card]) -> dict[str, Any]:
-    """The JSON schema of a plan: only these operators, their real parameters and their column roles."""
+SYNTHESIZE = "synthesize"
+
+
+def plan_schema(candidates: Mapping[str, Card], synthesis: bool = False) -> dict[str, Any]:
+    """The JSON schema of a plan: only these operators, their real parameters and their column roles
+    (plus, with `synthesis`, a step asking for a new operator: a description and its column roles)."""
     variants = []
+    if synthesis:
+        variants.append({
+            "type": "object",
+            "properties": {"operator": {"const": SYNTHESIZE}, "description": {"type": "string"},
+                           "columns": {"type": "object", "additionalProperties": {"type": "string"}}, "why": {"type": "string"}},
+            "required": ["operator", "description", "columns"],
+            "additionalProperties": False,
+        })
     for card in candidates.values():
         variants.append({
             "type": "object",

@@ -209,6 +209,10 @@ PLAN_SYSTEM = (
     "Use only the operators listed, only their listed params, and bind every role an operator reads to a column "
     "that exists at that point (an input column, or one an earlier step writes). Steps run in order."
 )
+SYNTH_HINT = (
+    '\nIf no listed operator can do a step, use {"operator": "synthesize", "description": WHAT IT MUST DO, '
+    '"columns": {ROLE: COLUMN}} (roles it reads and writes) and a new operator will be written and tested for it.'
+)
 
 
 def _sample_rows(sample: pl.DataFrame, n: int = 3, width: int = 160) -> list[dict[str, Any]]:
@@ -221,6 +225,7 @@ class LLMPlanner:
     llm: Any
     catalog: Mapping[str, Card]
     name: str = "llm"
+    synthesis: bool = False
     max_tokens: int = 1500
     tokens: int = 0
     calls: int = 0
@@ -233,7 +238,7 @@ class LLMPlanner:
             "Operators you may use (reads/writes: role -> default column):\n"
             + "\n".join(json.dumps(c.card.brief(), ensure_ascii=False) for c in candidates)
         )
-        return [{"role": "system", "content": PLAN_SYSTEM}, {"role": "user", "content": user}]
+        return [{"role": "system", "content": PLAN_SYSTEM}, {"role": "user", "content": user + (SYNTH_HINT if self.synthesis else "")}]
 
     def propose(self, request: str, schema, sample, intent, candidates: list[Candidate], **_: Any) -> Plan:
         self.history = self.messages(request, schema, sample, candidates)
@@ -251,7 +256,7 @@ class LLMPlanner:
 
         req = LLMRequest(id=f"agent-plan-{self.calls}", messages=list(self.history),
                          params=SamplingParams(max_tokens=self.max_tokens, temperature=0.0),
-                         schema=plan_schema(self._cands))
+                         schema=plan_schema(self._cands, self.synthesis))
         self.calls += 1
         res = self.llm.generate([req])[0]
         self.tokens += (res.tokens_in or 0) + (res.tokens_out or 0)
@@ -263,7 +268,7 @@ class LLMPlanner:
         except ValueError as err:
             raise PlanError(str(err), self.last_reply) from err
         plan.planner = self.name
-        problems = validate_plan(plan, self.catalog, {}) if res.error == "schema" else []
+        problems = validate_plan(plan, {**self.catalog, **self._cands}, {}) if res.error == "schema" else []
         problems = [p for p in problems if "does not exist at that point" not in p]
         if res.error == "schema":
             detail = "; ".join(problems) or res.error_detail or "it does not match the plan schema"

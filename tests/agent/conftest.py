@@ -1,4 +1,4 @@
-"""A scripted LLM on loopback: planner requests get the scripted replies in order; every other request
+"""A scripted LLM on loopback: planner and operator-synthesis requests get the scripted replies in order; every other request
 (the LLM stages of a sample run) gets the loopback server's usual echo replies."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from dataflow_assets.agent.planners import PLAN_SYSTEM
+from dataflow_assets.agent.synth import SYNTH_SYSTEM
 from tests.llm_server import LoopbackLLMServer
 
 
@@ -22,7 +23,7 @@ class ScriptedLLMServer(LoopbackLLMServer):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()  # aiohttp caches the body: the parent can read it again
         messages = body.get("messages") or []
-        if messages and messages[0].get("content") == PLAN_SYSTEM:
+        if messages and messages[0].get("content") in (PLAN_SYSTEM, SYNTH_SYSTEM):
             self.requests += 1
             self.plan_requests.append(body)
             content = self.script.pop(0) if self.script else "{}"
