@@ -172,3 +172,29 @@ def test_docx_headings_become_markdown(tmp_path):
     res = read_input(tmp_path / "r.docx")
     assert res.frame.get_column("text")[0] == "# Results\n\nWe measured twelve things.\n\n## Details\n\nThe eleventh was surprising."
     assert MarkdownHeadingChunker()(with_row_ids(res.frame, "t")).get_column("section").to_list() == ["Results", "Results > Details"]
+
+
+def test_llm_cleaning_that_invents_content_is_rejected():
+    from operators.knowledge.llm import LLMChunkCleaner
+    from operators.llm import LLMResult
+
+    res = read_input(shared("dataflow_examples", "example", "KBCleaningPipeline", "bitter_lesson.pdf"))
+    chunks = TokenChunker(max_tokens=60, overlap=0)(with_row_ids(res.frame, "t")).head(3)
+    texts = dict(zip(chunks.get_column("_id"), chunks.get_column("chunk")))
+
+    class Fake:  # unit-test client: a faithful cleaning, an invented one, a truncated one
+        model = "unit-fake"
+
+        def generate(self, requests):
+            replies = []
+            for k, r in enumerate(requests):
+                src = " ".join(texts[r.id].split())
+                text = [src, src + " Sutton later won the Turing Award in 2024 for this essay on transformers and robotics.", " ".join(src.split()[:4])][k % 3]
+                replies.append(LLMResult(id=r.id, text=text, model=self.model))
+            return replies
+
+    cleaned = LLMChunkCleaner(llm=Fake())(chunks)
+    kept = NovelTokenFilter(max_ratio=0.1)(NovelTokenRatio()(cleaned))
+    f = NovelTokenFilter(max_ratio=0.1)
+    f(NovelTokenRatio()(cleaned))
+    assert kept.height == 1 and f.last_report.dropped == {"invented_content": 1, "over_deleted": 1}

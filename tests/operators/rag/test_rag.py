@@ -128,3 +128,55 @@ def test_needs_retrieval_and_verified_filters_give_reasons():
     }), "t")
     v = VerifiedTaskFilter()
     assert v(comp).height == 1 and v.last_report.dropped == {"bridge_leaked": 1, "not_verified": 1}
+
+
+class _Replies:
+    """An in-process LLM client replying with a fixed JSON per template name (unit tests only)."""
+
+    model = "unit-fake"
+
+    def __init__(self, by_template):
+        self.by_template, self.prompts = by_template, []
+
+    def generate(self, requests):
+        from operators.llm import LLMResult
+
+        out = []
+        for r in requests:
+            user = next(m["content"] for m in r.messages if m["role"] == "user")
+            self.prompts.append(user)
+            key = next(k for k in self.by_template if k in user)
+            text = self.by_template[key](user) if callable(self.by_template[key]) else self.by_template[key]
+            out.append(LLMResult(id=r.id, sample=r.sample, text=text, parsed=json.loads(text), model=self.model))
+        return out
+
+
+def test_depth_width_expansion_and_composition_prompts_carry_both_tasks():
+    from operators.rag.tasks import ComposedTaskVerifier, DepthExpander, MultiHopComposer, WidthExpander
+
+    rows = json.loads(shared("multihop_hipporag", "musique_train.json").read_text())
+    q = next(r for r in rows if r["id"].startswith("2hop"))
+    d1, d2 = q["question_decomposition"][:2]
+    para = {p["idx"]: p["paragraph_text"] for p in q["paragraphs"]}
+    pair = with_row_ids(pl.DataFrame({
+        "question_a": [d1["question"]], "answer_a": [d1["answer"]],
+        "question_b": [d2["question"].replace("#1", d1["answer"])], "answer_b": [d2["answer"]],
+        "bridge": [d1["answer"]], "passages": [[para[d1["paragraph_support_idx"]], para[d2["paragraph_support_idx"]]]],
+    }), "t")
+    client = _Replies({
+        "links them": json.dumps({"question": q["question"]}),
+        "asks both things": json.dumps({"question": "Which company published it, and who led that company first?"}),
+        "Context:": lambda u: json.dumps({"answer": d2["answer"] if "Context:\n" + para[d1["paragraph_support_idx"]] in u and para[d2["paragraph_support_idx"]] in u else "unknown"}),
+        "replaced by a description": json.dumps({"question": "Who was the first president of the publisher of a psychotherapy journal?"}),
+    })
+    composed = MultiHopComposer(llm=client)(pair)
+    assert composed.get_column("composed_question").to_list() == [q["question"]]
+    assert d1["answer"] in client.prompts[-1] and d2["answer"] in client.prompts[-1]
+    verified = ComposedTaskVerifier(llm=client)(composed)
+    assert verified.get_column("verified").to_list() == [True]  # answered only because both supports were given
+    one_support = composed.with_columns(pl.col("passages").list.head(1))
+    assert ComposedTaskVerifier(llm=client)(one_support).get_column("verified").to_list() == [False]
+    wide = WidthExpander(llm=client)(pair)
+    assert wide.get_column("wide_answer").to_list() == [f"{d1['answer']}; {d2['answer']}"]
+    deep = DepthExpander(llm=client)(pair.select("_id", pl.col("question_b").alias("question"), pl.col("answer_b").alias("answer"), pl.col("passages").list.get(1).alias("passage")))
+    assert deep.get_column("deeper_question").to_list() == ["Who was the first president of the publisher of a psychotherapy journal?"]
