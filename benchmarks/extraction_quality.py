@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from operators.knowledge.extract import extract_document, html_main_text  # noqa: E402
+from operators.knowledge.extract import extract_document, html_main_text
 
-_MD = re.compile(r"(^#{1,6}\s+|\*\*|__|`|^\s*[-*+]\s+|^\s*\d+\.\s+|!\[[^\]]*\]\([^)]*\)|\[([^\]]*)\]\([^)]*\)|^\|?[-:| ]+\|?$|\|)", re.M)
+_MD = re.compile(r"(^#{1,6}\s+|\*\*|__|`|^\s*[-*+]\s+|^\s*\d+\.\s+|!\[[^\]]*\]\([^)]*\)|\[([^\]]*)\]\([^)]*\)|^\|?[-:| ]+\|?$|\|)", re.MULTILINE)
 
 
 def tokens(text: str) -> list[str]:

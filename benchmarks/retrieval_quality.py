@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from operators.core.embeddings import embedding_model_available  # noqa: E402
-from operators.rag.index import RetrievalIndex  # noqa: E402
-from operators.rag.retrieval import DenseEncoder  # noqa: E402
+from operators.core.embeddings import embedding_model_available
+from operators.rag.index import RetrievalIndex
+from operators.rag.retrieval import DenseEncoder
 
 
 def hotpot(root: Path, limit: int):

@@ -38,7 +38,14 @@ from operators.knowledge.cleaning import (
     RepeatedLineRemover,
     UnicodeFixer,
 )
-from operators.knowledge.llm import AnswerGroundingJudge, ChunkLinker, GroundedQAFilter, LLMChunkCleaner, MultiHopQAGenerator, SingleHopQAGenerator
+from operators.knowledge.llm import (
+    AnswerGroundingJudge,
+    ChunkLinker,
+    GroundedQAFilter,
+    LLMChunkCleaner,
+    MultiHopQAGenerator,
+    SingleHopQAGenerator,
+)
 from operators.llm import SamplingParams
 
 COVERAGE_ENV, DEFAULT_COVERAGE = "DATAFLOW_KB_COVERAGE_FLOOR", 0.9

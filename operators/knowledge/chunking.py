@@ -22,7 +22,7 @@ from operators.base import ID, Evaluator, Generator, register
 
 CHUNK_DTYPE = pl.List(pl.Struct({"chunk": pl.String, "chunk_start": pl.Int64, "chunk_end": pl.Int64, "section": pl.String}))
 _TOKEN = re.compile(r"\S+")
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 # a sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace and an
 # upper-case letter, digit or opening quote; common abbreviations are not sentence ends
 _SENT_END = re.compile(r"[.!?][\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])")

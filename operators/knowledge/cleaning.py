@@ -116,7 +116,7 @@ class RepeatedLineRemover(Refiner):
         if frame.height == 0:
             self.last_report.modified = 0
             return frame
-        key = lambda e: e.str.strip_chars().str.replace_all(r"\d+", "#").str.to_lowercase()  # noqa: E731
+        key = lambda e: e.str.strip_chars().str.replace_all(r"\d+", "#").str.to_lowercase()
         lines = (
             frame.select(pl.col(ID), pl.col(doc), pl.col(col).str.split("\n").alias("__line"))
             .with_row_index("__row")

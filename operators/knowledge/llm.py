@@ -117,7 +117,7 @@ class _QAGenerator(CoreLLMOperator, Generator):
         res = validate_structured(res, _QA_SCHEMA)
         got = res.select(ID, field_of("parsed", "question", pl.String).alias("__q"), field_of("parsed", "answer", pl.String).alias("__a"), pl.col("meta").alias("__m"))
         out = frame.join(got, on=ID, how="left", maintain_order="left")
-        keep = lambda c, new: pl.coalesce(pl.col(new), pl.col(c)) if c in frame.columns else pl.col(new)  # noqa: E731
+        keep = lambda c, new: pl.coalesce(pl.col(new), pl.col(c)) if c in frame.columns else pl.col(new)
         meta = f"{q}_meta"
         return out.with_columns(keep(q, "__q").alias(q), keep(a, "__a").alias(a), keep(meta, "__m").alias(meta)).drop("__q", "__a", "__m")
 

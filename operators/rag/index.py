@@ -18,9 +18,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class RetrievalIndex:
     built: bool = False  # False: an existing index was reused
 
     @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str], *, encoder: Any = None, dense: bool = True, root: Path | None = None) -> "RetrievalIndex":
+    def build(cls, ids: Sequence[str], texts: Sequence[str], *, encoder: Any = None, dense: bool = True, root: Path | None = None) -> RetrievalIndex:
         """Build (or reuse) the index of this corpus under `root` (default `$DATAFLOW_HOME/indexes`).
         `encoder`: an object with `embed(list[str]) -> normalised array` (see operators/core/embeddings.py),
         used only when `dense`."""
@@ -96,7 +97,7 @@ class RetrievalIndex:
         return out
 
     @classmethod
-    def load(cls, path: Path, encoder: Any = None) -> "RetrievalIndex":
+    def load(cls, path: Path, encoder: Any = None) -> RetrievalIndex:
         import bm25s
 
         path = Path(path)

@@ -9,7 +9,11 @@ import numpy as np
 import polars as pl
 
 from operators.base import Evaluator, Generator, register
-from operators.core.embeddings import DEFAULT_MODEL, embedding_model_available, load_default_encoder
+from operators.core.embeddings import (
+    DEFAULT_MODEL,
+    embedding_model_available,
+    load_default_encoder,
+)
 from operators.rag.index import RetrievalIndex
 
 

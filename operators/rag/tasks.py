@@ -12,7 +12,12 @@ from collections import Counter
 import polars as pl
 
 from operators.base import ID, Evaluator, Filter, Generator, Refiner, register
-from operators.core.common import CoreLLMOperator, field_of, schema_object, validate_structured
+from operators.core.common import (
+    CoreLLMOperator,
+    field_of,
+    schema_object,
+    validate_structured,
+)
 from operators.llm import LLMClient, PromptTemplate, SamplingParams
 
 _ARTICLES = r"\b(a|an|the)\b"

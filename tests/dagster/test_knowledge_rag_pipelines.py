@@ -16,7 +16,6 @@ import pytest
 import tests.llm_server as loopback
 from tests.conftest import shared
 
-
 # --------------------------------------------------------------------------- scripted model
 
 
@@ -69,7 +68,7 @@ class Script:
             q2 = _between(prompt, "Question 2: ", "\nAnswer 2:")
             a2 = _between(prompt, "\nAnswer 2: ", "\n\n")
             bridge = _between(prompt, "\n\n'", "' links them")
-            q = re.sub(re.escape(bridge), "the subject of the first question", q2, flags=re.I) + f" [via {len(bridge)}]"
+            q = re.sub(re.escape(bridge), "the subject of the first question", q2, flags=re.IGNORECASE) + f" [via {len(bridge)}]"
             self.gold[q] = a2
             return json.dumps({"question": q})
         return loopback.echo_text.__wrapped__(prompt)  # type: ignore[attr-defined]
@@ -153,7 +152,11 @@ def _hotpot_passages(tmp_path: Path, questions: int = 3) -> Path:
 
 
 def test_knowledge_in_process_synthesises_grounded_qa_with_supporting_chunks(tmp_path):
-    from dataflow_assets.pipelines.knowledge import KnowledgePipeline, coverage_ok, documents_non_empty
+    from dataflow_assets.pipelines.knowledge import (
+        KnowledgePipeline,
+        coverage_ok,
+        documents_non_empty,
+    )
     from operators.base import with_row_ids
     from operators.io import read_input
 

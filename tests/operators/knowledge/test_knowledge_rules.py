@@ -9,10 +9,17 @@ import pytest
 
 from operators.base import with_row_ids
 from operators.io import read_input
-from operators.knowledge.chunking import MarkdownHeadingChunker, SentenceChunker, TokenChunker, chunk_coverage, sentence_spans
+from operators.knowledge.chunking import (
+    MarkdownHeadingChunker,
+    SentenceChunker,
+    TokenChunker,
+    chunk_coverage,
+    sentence_spans,
+)
 from operators.knowledge.cleaning import (
-    DocumentBoilerplateRemover,
     ChunkLengthFilter,
+    DocumentBoilerplateRemover,
+    DocumentWhitespaceNormalizer,
     ExtractionQualityFilter,
     HyphenationJoiner,
     LineUnwrapper,
@@ -20,7 +27,6 @@ from operators.knowledge.cleaning import (
     NovelTokenRatio,
     RepeatedLineRemover,
     UnicodeFixer,
-    DocumentWhitespaceNormalizer,
 )
 from operators.knowledge.extract import DocumentExtractor, extract_document
 from tests.conftest import shared

@@ -152,7 +152,12 @@ class _Replies:
 
 
 def test_depth_width_expansion_and_composition_prompts_carry_both_tasks():
-    from operators.rag.tasks import ComposedTaskVerifier, DepthExpander, MultiHopComposer, WidthExpander
+    from operators.rag.tasks import (
+        ComposedTaskVerifier,
+        DepthExpander,
+        MultiHopComposer,
+        WidthExpander,
+    )
 
     rows = json.loads(shared("multihop_hipporag", "musique_train.json").read_text())
     q = next(r for r in rows if r["id"].startswith("2hop"))
