@@ -365,3 +365,33 @@ def test_a_failed_catalog_step_is_reported_and_no_stale_export_path(dataflow_hom
     assert not second.success and second.export is None
     assert any(f.startswith("text_pt/catalog") and "still locked" in f for f in second.failures), second.failures
     assert second.export_note and "catalog step failed" in second.export_note
+
+
+@dg.asset(pool="llm")
+def pooled_step() -> None:
+    return None
+
+
+def test_a_step_blocked_on_a_pool_inside_a_run_gives_up(dataflow_home):
+    """The race the pre-run wait cannot see: the slot is taken once the run has started. Dagster's
+    in-process executor then spins at full CPU, deferring SIGTERM, forever; the guard stops the run
+    after the bound with a message naming the pool and its holder."""
+    from dataflow_assets.liveness import RunAborted, RunGuard, owner_tags
+
+    inst = _instance(dataflow_home)
+    holder = _hold_llm_slot(inst)
+    start = time.monotonic()
+    with RunGuard(inst, timeout_s=2, poll_s=0.5) as guard:
+        try:
+            result = dg.materialize([pooled_step], instance=inst, tags=owner_tags(), raise_on_error=False,
+                                    run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}})
+            ok = result.success
+        except RunAborted:
+            ok = False
+    took = time.monotonic() - start
+    print(f"\nblocked step stopped after {took:.1f} s (bound 2 s)")
+    assert not ok and took < 30
+    assert guard.reason and "pool 'llm'" in guard.reason and holder[:8] in guard.reason
+    run = next(r for r in inst.get_runs() if r.run_id != holder)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert [s.run_id for s in inst.event_log_storage.get_concurrency_info("llm").claimed_slots] == [holder]
