@@ -30,8 +30,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     (r"empty|blank", ("empty_text_filter", "question_presence_filter")),
     (r"near[- ]?dup|fuzzy|minhash|similar", ("minhash_dedup_filter",)),
     (r"dedup|duplicat", ("exact_dedup_filter",)),
-    (r"english|language|chinese|french|german|spanish", ("language_filter",)),
     (r"translat", ("translator",)),
+    (r"english|language|chinese|french|german|spanish", ("language_filter",)),
     (r"summar", ("summarizer",)),
     (r"entit|\bner\b|named", ("entity_extractor",)),
     (r"keyword|key ?phrase", ("keyword_extractor",)),
@@ -45,7 +45,9 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     (r"json", ("json_validity_filter",)),
     (r"too (?:short|long)|length", ("response_length_filter", "pair_length_filter", "code_length_filter")),
     (r"secret|password|credential", ("code_secrets_filter",)),
-    (r"syntax|parse|valid (?:sql|code)", ("sql_syntax_filter", "code_syntax_filter")),
+    (r"transcript|chat.*messages|parse .*chat", ("chat_transcript_parser",)),
+    (r"repeat\w* turns?|turn", ("repeated_turn_filter", "turn_count_filter")),
+    (r"syntax|pars|valid (?:sql|code)", ("sql_syntax_filter", "code_syntax_filter")),
     (r"gibberish", ("gibberish_instruction_filter",)),
     (r"chunk|split", ("sentence_chunker", "token_chunker")),
     (r"repetit|repeated", ("gopher_repetition_filter", "repeated_turn_filter")),
@@ -85,18 +87,36 @@ def infer_params(card: Card, clause: str) -> dict[str, Any]:
     return {}
 
 
-TEXTY = {"text", "question", "instruction", "prompt", "seed", "topic", "chunk", "claim", "source", "context", "code", "response", "output"}
+TEXTY = {"text", "question", "instruction", "prompt", "seed", "topic", "chunk", "claim", "source", "context", "response", "output"}
+STRINGY = {"code", "sql", "chat", "answer", "gold"}  # string columns only, but never the generic main-text fallback
 
 
-def bind(card: Card, schema: Mapping[str, pl.DataType], main_text: str | None) -> dict[str, str] | None:
-    """Explicit columns for every role the operator needs, or None when one cannot be bound."""
+LOOKS = {"sql": re.compile(r"^\s*(select|with|insert|update|delete|create)\b", re.I)}
+
+
+def _fits(role: str, col: str, values: Mapping[str, Any] | None) -> bool:
+    """A sample value that contradicts the role (JSON where SQL is expected) rules the column out."""
+    v = (values or {}).get(col)
+    if not isinstance(v, str):
+        return True
+    if role in LOOKS:
+        return bool(LOOKS[role].search(v))
+    return not (role in TEXTY and v.lstrip()[:1] in "{[" and v.strip()[-1:] in "}]")
+
+
+def bind(card: Card, schema: Mapping[str, pl.DataType], main_text: str | None, values: Mapping[str, Any] | None = None) -> dict[str, str] | None:
+    """Explicit columns for every role the operator needs, or None when one cannot be bound. Text-like
+    roles take string columns only (the main text column as the last resort); two roles of one call
+    never share a column."""
     out: dict[str, str] = {}
     for role, default in card.reads.items():
         if default is None:
             continue
         names = [default, role, *SYNONYMS.get(role, ()), *SYNONYMS.get(default, ())]
-        col = next((c for c in names if c in schema and (role not in TEXTY or schema[c] == pl.String)), None)
-        if col is None and role in TEXTY and main_text in schema and schema[main_text] == pl.String:
+        stringy = role in TEXTY or role in STRINGY
+        col = next((c for c in names if c in schema and c not in out.values() and (not stringy or schema[c] == pl.String)
+                    and _fits(role, c, values)), None)
+        if col is None and role in TEXTY and main_text in schema and schema[main_text] == pl.String and main_text not in out.values():
             col = main_text
         if col is None:
             return None
@@ -130,35 +150,30 @@ class DeterministicPlanner:
     retriever: Retriever
     name: str = "deterministic"
     max_steps: int = 6
+    _values: dict = field(default_factory=dict)
 
     def propose(self, request: str, schema: Mapping[str, pl.DataType], sample: pl.DataFrame, intent: Intent,
                 candidates: list[Candidate], **_: Any) -> Plan:
         from dataflow_assets.agent.catalog import main_text_column
 
         main = main_text_column(sample.drop("_id", strict=False)) if sample.width else None
-        wanted: list[tuple[str, str, str]] = []  # (operator, why, clause)
-        for clause in clauses(request):
-            hit = self._rule(clause, schema, main)
-            if hit is None:
-                hit = self._retrieved(clause, schema, main)
-            if hit and hit[0] not in [w[0] for w in wanted]:
-                wanted.append((*hit, clause))
-        if not wanted:  # nothing recognisable: a safe generic clean-up of the main text
-            wanted = [(op, "default clean-up for a request with no recognised step", "") for op in ("unicode_normalizer", "exact_dedup_filter")
-                      if op in self.catalog]
-        steps, cur, pending = [], dict(schema), list(wanted)
-        for _ in range(2):  # a step whose input is written by a later step waits for it
-            left = []
-            for op, why, clause in pending:
-                card = self.catalog[op]
-                cols = bind(card, cur, main)
-                if cols is None:
-                    left.append((op, why, clause))
-                    continue
-                step = Step(op, infer_params(card, clause), cols, why)
-                steps.append(step)
-                cur = _after(card, step, cur)
-            pending = left
+        self._values = {c: sample[c].drop_nulls().head(1).to_list()[0] if sample[c].null_count() < sample.height else None
+                        for c in sample.columns if c != "_id"}
+        steps: list[Step] = []
+        cur = dict(schema)
+        for clause in clauses(request):  # in the request's order; each clause sees the columns earlier steps write
+            hit = self._rule(clause, cur, main) or self._retrieved(clause, cur, main)
+            if hit is None or hit[0] in [s.operator for s in steps]:
+                continue
+            card = self.catalog[hit[0]]
+            step = Step(hit[0], infer_params(card, clause), bind(card, cur, main, self._values), hit[1])
+            steps.append(step)
+            cur = _after(card, step, cur)
+        if not steps:  # nothing recognisable: a safe generic clean-up of the main text
+            for op in ("unicode_normalizer", "exact_dedup_filter"):
+                cols = bind(self.catalog[op], cur, main, self._values) if op in self.catalog else None
+                if cols is not None:
+                    steps.append(Step(op, {}, cols, "default clean-up for a request with no recognised step"))
         return Plan(name_from_request(request), steps[: self.max_steps], self.name)
 
     def _rule(self, clause: str, schema, main) -> tuple[str, str] | None:
@@ -167,7 +182,7 @@ class DeterministicPlanner:
             if not m:
                 continue
             for op in ops:
-                if op in self.catalog and bind(self.catalog[op], schema, main) is not None:
+                if op in self.catalog and bind(self.catalog[op], schema, main, self._values) is not None:
                     return op, f"'{m.group(0)}' in the request"
         return None
 
@@ -175,7 +190,7 @@ class DeterministicPlanner:
         words = {w[:5] for w in tokens(clause) if len(w) > 3}
         for cand in self.retriever.search(clause, schema, k=5):
             name_words = {w[:5] for w in tokens(cand.card.name)}
-            if words & name_words and bind(cand.card, schema, main) is not None:
+            if words & name_words and bind(cand.card, schema, main, self._values) is not None:
                 return cand.card.name, f"retrieved for '{clause}' ({'; '.join(cand.reasons)})"
         return None
 

@@ -271,3 +271,23 @@ def test_embedded_model_end_to_end(dataflow_home, tmp_path):
     assert res.ok and res.planner == "deterministic"
     assert [s.operator for s in res.plan.steps] == ["summarizer"]
     assert res.output["summary"].str.len_chars().min() > 0
+
+
+@pytest.mark.parametrize("rel,request_text,expected", [
+    (("spider_dev", "dev.json"), "keep only SQL queries that parse and drop duplicate questions",
+     [("sql_syntax_filter", {"sql": "query"}), ("exact_dedup_filter", {"text": "question"})]),  # `sql` holds JSON, not SQL
+    (("dataflow_examples", "example", "FuncCallPipeline", "chat_data.jsonl"), "parse the chat transcripts into messages, drop conversations with repeated turns",
+     [("chat_transcript_parser", {"text": "chat"}), ("repeated_turn_filter", {"messages": "messages"})]),  # reads what step 1 writes
+    (("dataflow_examples", "example", "GeneralTextPipeline", "abbreviation.jsonl"), "translate every sentence into German",
+     [("translator", {"text": "raw_content"})]),
+])
+def test_deterministic_bindings_on_real_inputs(catalog, retriever, rel, request_text, expected):
+    from dataflow_assets.agent.core import read_sample
+    from dataflow_assets.agent.planners import DeterministicPlanner
+
+    sample = read_sample(shared(*rel), 3)
+    schema = {c: t for c, t in sample.schema.items() if c != "_id"}
+    plan = DeterministicPlanner(catalog, retriever).propose(request_text, schema, sample, classify_intent(request_text, schema), [])
+    assert [(s.operator, s.columns) for s in plan.steps] == expected
+    if plan.steps[0].operator == "translator":
+        assert plan.steps[0].params == {"target_language": "German"}
