@@ -31,6 +31,7 @@ def _one_error_line(res: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line_with_exit_2_and_create_nothing(tmp_path):
     home = tmp_path / "nowhere"  # no project state here
     cases = [

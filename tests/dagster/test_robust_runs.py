@@ -307,6 +307,7 @@ def test_four_runs_at_once_on_a_fresh_home_all_succeed(tmp_path):
     assert all(any(e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS" for e in inst.all_logs(r.run_id)) for r in runs)
 
 
+@pytest.mark.slow
 def test_empty_file_is_zero_records_not_a_failure(dataflow_home, tmp_path):
     from dataflow_assets.runner import run_pipeline
 
@@ -320,6 +321,7 @@ def test_empty_file_is_zero_records_not_a_failure(dataflow_home, tmp_path):
     assert "0 records" in res.stdout
 
 
+@pytest.mark.slow
 def test_unreadable_file_shows_its_reason_and_counts_in_the_summary(dataflow_home, tmp_path):
     from dataflow_assets.runner import run_pipeline
 
@@ -337,6 +339,7 @@ def test_unreadable_file_shows_its_reason_and_counts_in_the_summary(dataflow_hom
     assert "export:" not in res.stdout and "Traceback" not in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_catalog_step_is_reported_and_no_stale_export_path(dataflow_home, tmp_path, monkeypatch):
     """The catalog lock held elsewhere past its bound: the catalog step fails, the run says so in a
     FAILED line and reports no export path (the previous export is stale for this run)."""

@@ -32,6 +32,7 @@ def _sql(home: Path, query: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dataflow_assets.cli", "sql", query], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_statements_that_are_not_reads_are_refused_in_one_line(dataflow_home, catalog, tmp_path):
     out_csv = dataflow_home / "out.csv"  # even inside the home: sql never writes
     refused = {
