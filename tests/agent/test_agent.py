@@ -291,3 +291,14 @@ def test_deterministic_bindings_on_real_inputs(catalog, retriever, rel, request_
     assert [(s.operator, s.columns) for s in plan.steps] == expected
     if plan.steps[0].operator == "translator":
         assert plan.steps[0].params == {"target_language": "German"}
+
+
+def test_definitions_include_the_agents_pipeline_and_its_jobs(dataflow_home, tmp_path):
+    path, _ = _questions_with_duplicates(tmp_path)
+    res = build_pipeline("drop duplicate questions", path, rows=20, echo=None)
+    from dataflow_assets.definitions import build_definitions
+
+    defs = build_definitions()
+    job = defs.resolve_job_def(f"{res.plan.name}_stages")
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert f"{res.plan.name}/exact_dedup_filter" in keys and job.name == f"{res.plan.name}_stages"
