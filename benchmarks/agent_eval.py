@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         vals = (mode, m["cases"], m["ok_share"], m["ok_share_agent_items"], m["first_round_share"], m["rounds_mean"], m["operators_per_pipeline"],
                 f"{m['synth_accepted']}/{m['synth_rejected']}", m["wall_s"], m["wall_s_median_case"], m["tokens_total"])
-        print(" | ".join(f"{str(v):>9s}" for v in vals))
+        print(" | ".join(f"{v!s:>9s}" for v in vals))
     print(json.dumps(report, ensure_ascii=False))
     return 0
 

@@ -11,9 +11,10 @@ import json
 import pkgutil
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -167,8 +168,7 @@ def tokens(text: str) -> list[str]:
 
 
 STOP_WORDS = frozenset(
-    "a an the and or of to in on at by for with from into that this these those it its is are be been was were "
-    "each every all any some as if then than so such not no only also can may must should will would do does".split()
+    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into", "that", "this", "these", "those", "it", "its", "is", "are", "be", "been", "was", "were", "each", "every", "all", "any", "some", "as", "if", "then", "than", "so", "such", "not", "no", "only", "also", "can", "may", "must", "should", "will", "would", "do", "does"]
 )
 
 

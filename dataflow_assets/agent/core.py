@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 
-from dataflow_assets.agent.catalog import Card, Retriever, classify_intent, default_catalog, schema_of
+from dataflow_assets.agent.catalog import (
+    Card,
+    Retriever,
+    classify_intent,
+    default_catalog,
+    schema_of,
+)
 from dataflow_assets.agent.plan import Plan, load_source, render, validate_plan
 from dataflow_assets.agent.planners import DeterministicPlanner, LLMPlanner, PlanError
 

@@ -8,8 +8,9 @@ import json
 import keyword
 import re
 import textwrap
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import polars as pl
 
@@ -43,25 +44,25 @@ class Plan:
         return lines
 
     @classmethod
-    def from_json(cls, value: Any, name: str = "agent_pipeline") -> "Plan":
+    def from_json(cls, value: Any, name: str = "agent_pipeline") -> Plan:
         """Parse the LLM's reply (a JSON string or value); raises ValueError with the exact problem."""
         if isinstance(value, str):
             text = value.strip()
-            m = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+            m = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
             text = m.group(1) if m else text
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
                 raise ValueError(f"the reply is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
         if not isinstance(value, dict) or not isinstance(value.get("steps"), list):
-            raise ValueError('the reply must be a JSON object {"name": ..., "steps": [...]}')
+            raise ValueError('the reply must be a JSON object {"name": ..., "steps": [...]}')  # noqa: TRY004 - a malformed reply, reported to the model
         steps = []
         for i, s in enumerate(value["steps"], 1):
             if not isinstance(s, dict) or not isinstance(s.get("operator"), str):
-                raise ValueError(f'step {i} must be an object with an "operator" string')
+                raise ValueError(f'step {i} must be an object with an "operator" string')  # noqa: TRY004
             params, columns = s.get("params") or {}, s.get("columns") or {}
             if not isinstance(params, dict) or not isinstance(columns, dict):
-                raise ValueError(f'step {i}: "params" and "columns" must be objects')
+                raise ValueError(f'step {i}: "params" and "columns" must be objects')  # noqa: TRY004
             steps.append(Step(s["operator"], dict(params), {str(k): str(v) for k, v in columns.items()}, str(s.get("why", "")),
                               str(s.get("description", ""))))
         return cls(safe_name(str(value.get("name") or name)), steps)
@@ -203,7 +204,7 @@ def render(plan: Plan, catalog: Mapping[str, Card], request: str, input_schema: 
             if col in input_schema and col not in used:
                 used.append(col)
     lines = ['"""' + f"{request.strip()}".replace('"""', "'''") + "\n\nWritten by `dataflow agent` on " +
-             _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + (f"; {verified}" if verified else "") +
+             _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC") + (f"; {verified}" if verified else "") +
              '. Edit freely: it is an ordinary pipeline."""', "", "from __future__ import annotations", "", "import polars as pl", "",
              "from operators.base import Pipeline"]
     user = [m for m in imports if m.startswith("dataflow_user_operators")]
@@ -245,7 +246,7 @@ def load_source(source: str, module_name: str = "dataflow_agent_candidate"):
     mod.__file__ = f"<{module_name}>"
     sys.modules[module_name] = mod  # dataclasses and code_closure look modules up by name
     try:
-        exec(compile(source, mod.__file__, "exec"), mod.__dict__)
+        exec(compile(source, mod.__file__, "exec"), mod.__dict__)  # noqa: S102 - code this module rendered from registered operators
     except BaseException:
         sys.modules.pop(module_name, None)
         raise

@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import polars as pl
 
 from dataflow_assets.agent.catalog import Candidate, Card, Intent, Retriever, tokens
-from dataflow_assets.agent.plan import Plan, Step, _attr_names, name_from_request, plan_schema, validate_plan
+from dataflow_assets.agent.plan import (
+    Plan,
+    Step,
+    _attr_names,
+    name_from_request,
+    plan_schema,
+    validate_plan,
+)
 
 # clause pattern -> operators to try, in order (the first that exists and can be bound wins)
 RULES: list[tuple[str, tuple[str, ...]]] = [
@@ -77,7 +85,7 @@ LANGUAGES = {"english": "en", "french": "fr", "german": "de", "spanish": "es", "
 
 def infer_params(card: Card, clause: str) -> dict[str, Any]:
     """Parameters a clause states outright: the languages to keep, the target language of a translation."""
-    langs = [code for word, code in LANGUAGES.items() if re.search(rf"\b{word}\b", clause, re.I)]
+    langs = [code for word, code in LANGUAGES.items() if re.search(rf"\b{word}\b", clause, re.IGNORECASE)]
     if card.name == "language_filter" and langs and "keep" in card.params:
         return {"keep": langs}
     if card.name == "translator" and "target_language" in card.params:
@@ -91,7 +99,7 @@ TEXTY = {"text", "question", "instruction", "prompt", "seed", "topic", "chunk", 
 STRINGY = {"code", "sql", "chat", "answer", "gold"}  # string columns only, but never the generic main-text fallback
 
 
-LOOKS = {"sql": re.compile(r"^\s*(select|with|insert|update|delete|create)\b", re.I)}
+LOOKS = {"sql": re.compile(r"^\s*(select|with|insert|update|delete|create)\b", re.IGNORECASE)}
 
 
 def _fits(role: str, col: str, values: Mapping[str, Any] | None) -> bool:
@@ -140,7 +148,7 @@ def _after(card: Card, step: Step, schema: dict[str, pl.DataType]) -> dict[str, 
 
 
 def clauses(request: str) -> list[str]:
-    parts = re.split(r",|;|\.\s|\bthen\b|\band\b|\bafter that\b|，|。|、", request, flags=re.I)
+    parts = re.split(r",|;|\.\s|\bthen\b|\band\b|\bafter that\b|，|。|、", request, flags=re.IGNORECASE)
     return [p.strip() for p in parts if p.strip()]
 
 
@@ -178,7 +186,7 @@ class DeterministicPlanner:
 
     def _rule(self, clause: str, schema, main) -> tuple[str, str] | None:
         for pattern, ops in RULES:
-            m = re.search(pattern, clause, re.I)
+            m = re.search(pattern, clause, re.IGNORECASE)
             if not m:
                 continue
             for op in ops:

@@ -16,7 +16,13 @@ import polars as pl
 import pytest
 
 from dataflow_assets.agent import build_pipeline
-from dataflow_assets.agent.catalog import Retriever, _NumpyBM25, classify_intent, default_catalog, tokens
+from dataflow_assets.agent.catalog import (
+    Retriever,
+    _NumpyBM25,
+    classify_intent,
+    default_catalog,
+    tokens,
+)
 from tests.conftest import REPO, shared
 
 ABBREV = ("dataflow_examples", "example", "GeneralTextPipeline", "abbreviation.jsonl")
@@ -193,7 +199,7 @@ def test_llm_plan_with_wrong_column_is_repaired(dataflow_home, tmp_path, scripte
 
 def test_llm_malformed_json_is_repaired(dataflow_home, tmp_path, scripted):
     path, _ = _questions_with_duplicates(tmp_path)
-    srv, llm = scripted('{"name": "x", "steps": [', {"name": "dedup", "steps": [_step("exact_dedup_filter", text="question")]})
+    _srv, llm = scripted('{"name": "x", "steps": [', {"name": "dedup", "steps": [_step("exact_dedup_filter", text="question")]})
     res = build_pipeline("drop duplicate questions", path, rows=20, llm=llm, planner="llm", echo=None)
     assert res.ok and res.planner == "llm" and len(res.rounds) == 2
     assert "not valid JSON" in res.rounds[0].error
@@ -201,7 +207,7 @@ def test_llm_malformed_json_is_repaired(dataflow_home, tmp_path, scripted):
 
 def test_llm_stage_in_plan_runs_on_the_sample(dataflow_home, tmp_path, scripted):
     path, _ = _questions_with_duplicates(tmp_path)
-    srv, llm = scripted({"name": "sum", "steps": [_step("summarizer", text="question", output="summary")]})
+    _srv, llm = scripted({"name": "sum", "steps": [_step("summarizer", text="question", output="summary")]})
     res = build_pipeline("summarise the questions", path, rows=4, llm=llm, planner="llm", echo=None)
     assert res.ok and res.output["summary"].to_list()[0].startswith("echo:")
 
@@ -210,7 +216,7 @@ def test_llm_that_keeps_failing_ends_in_a_clean_failure(dataflow_home, tmp_path,
     path = tmp_path / "numbers.jsonl"
     pl.DataFrame({"n": [1, 2, 3]}).write_ndjson(path)
     bad = {"name": "x", "steps": [_step("exact_dedup_filter", text="text")]}
-    srv, llm = scripted(bad, "not json", {"name": "x", "steps": [_step("nope")]})
+    _srv, llm = scripted(bad, "not json", {"name": "x", "steps": [_step("nope")]})
     res = build_pipeline("drop duplicate texts", path, llm=llm, planner="llm", echo=None)
     assert not res.ok and res.path is None
     assert [r.planner for r in res.rounds][:3] == ["llm"] * 3 and res.rounds[-1].planner == "deterministic"
@@ -241,7 +247,7 @@ def test_exported_pipeline_materialises_in_dagster(dataflow_home, tmp_path):
 
 
 def _cli(args, home, **env):
-    return subprocess.run([sys.executable, "-m", "dataflow_assets.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "dataflow_assets.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "DATAFLOW_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), **env})
 
 

@@ -4,14 +4,12 @@ folder, are registered, and the written pipeline uses them (also in a fresh proc
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
 
 import polars as pl
-import pytest
 
 from dataflow_assets.agent import build_pipeline
 from dataflow_assets.agent.synth import ast_check
@@ -61,7 +59,7 @@ def test_ast_check_rejects_imports_and_escapes():
 
 def test_synthesised_operator_is_accepted_registered_and_used(dataflow_home, tmp_path, scripted):
     path, rows = _input(tmp_path)
-    srv, llm = scripted(_synth_plan(), {"code": YEAR_FILTER})
+    _srv, llm = scripted(_synth_plan(), {"code": YEAR_FILTER})
     res = build_pipeline("keep only questions that state the patient's age", path, rows=12, llm=llm, planner="llm", echo=None)
     assert res.ok and res.synthesized == {"accepted": 1, "rejected": 0}
     assert [s.operator for s in res.plan.steps] == ["mentions_age_filter"]
@@ -75,14 +73,14 @@ def test_synthesised_operator_is_accepted_registered_and_used(dataflow_home, tmp
     # a fresh process loads the written pipeline (and with it the user operator) through shipped()
     code = (f"from dataflow_assets.pipelines import shipped; import polars as pl; p = shipped()[{res.plan.name!r}].pipeline; "
             "print([s.name for s in p.check({'id': pl.Int64, 'question': pl.String})])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "DATAFLOW_HOME": str(dataflow_home)})
     assert proc.returncode == 0, proc.stderr
     assert "mentions_age_filter" in proc.stdout
 
 
 def test_synthesised_operator_with_forbidden_import_is_rejected_then_plan_repaired(dataflow_home, tmp_path, scripted):
-    path, rows = _input(tmp_path)
+    path, _rows = _input(tmp_path)
     evil = YEAR_FILTER.replace("import polars as pl", "import polars as pl\nimport subprocess")
     fixed = {"name": "dedup", "steps": [{"operator": "exact_dedup_filter", "params": {}, "columns": {"text": "question"}}]}
     srv, llm = scripted(_synth_plan(), {"code": evil}, fixed)
@@ -95,9 +93,9 @@ def test_synthesised_operator_with_forbidden_import_is_rejected_then_plan_repair
 
 def test_synthesised_operator_failing_its_sample_run_is_rejected(dataflow_home, tmp_path, scripted):
     """Declares a score column it never writes: the sandboxed sample run fails, nothing is registered."""
-    path, rows = _input(tmp_path)
+    path, _rows = _input(tmp_path)
     broken = YEAR_FILTER.replace("MentionsAgeFilter", "BrokenAgeFilter").replace('reads = {"text": "text"}', 'reads = {"text": "text"}\n    writes = {"score": "age_score"}')
-    srv, llm = scripted(_synth_plan(), {"code": broken}, _synth_plan(), {"code": broken}, _synth_plan(), {"code": broken})
+    _srv, llm = scripted(_synth_plan(), {"code": broken}, _synth_plan(), {"code": broken}, _synth_plan(), {"code": broken})
     res = build_pipeline("keep questions that state the patient's age", path, rows=12, llm=llm, planner="llm", echo=None, max_rounds=3)
     assert res.synthesized["rejected"] == 3 and res.synthesized["accepted"] == 0
     assert "sample run in the sandbox" in res.rounds[0].error and "age_score" in res.rounds[0].error
