@@ -39,7 +39,8 @@ def resources_for_env(env: str | None = None) -> dict[str, Any]:
                 backend="openai",
                 base_url=dg.EnvVar("DATAFLOW_LLM_BASE_URL"),
                 model=dg.EnvVar("DATAFLOW_LLM_MODEL"),
-                api_key=dg.EnvVar("DATAFLOW_LLM_API_KEY"),
+                # a keyless local server (llama.cpp, vLLM) needs no key: only bind the EnvVar when it is set
+                api_key=dg.EnvVar("DATAFLOW_LLM_API_KEY") if os.environ.get("DATAFLOW_LLM_API_KEY") else None,
                 **settings,
             ),
         }
