@@ -77,7 +77,11 @@ def work_ours(path: str) -> dict:
 
 def work_datatrove(path: str) -> dict:
     from datatrove.data import Document
-    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     docs = load_texts(path).get_column("text").to_list()
     filters = [GopherQualityFilter(), GopherRepetitionFilter(), C4QualityFilter()]
@@ -101,7 +105,11 @@ def hand_query(frame):
     """The same rules as one lazy Polars query, written directly (no operator machinery)."""
     import polars as pl
 
-    from operators.text._common import DATATROVE_PUNCTUATION_CLASS, GOPHER_STOP_WORDS, word_tokens
+    from operators.text._common import (
+        DATATROVE_PUNCTUATION_CLASS,
+        GOPHER_STOP_WORDS,
+        word_tokens,
+    )
     from operators.text.refiners import c4_clean_lines
 
     el, t = pl.element(), pl.col("text")

@@ -7,7 +7,12 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from operators.text.langid import OTHER, LanguageFilter, LanguageIdentifier, detect_languages
+from operators.text.langid import (
+    OTHER,
+    LanguageFilter,
+    LanguageIdentifier,
+    detect_languages,
+)
 
 # Real sentences: news-style Indonesian, Article 1 of the Universal Declaration of Human Rights in
 # Swahili and Vietnamese (official UN translations), everyday English, French and German.
