@@ -184,7 +184,7 @@ def test_knowledge_in_process_synthesises_grounded_qa_with_supporting_chunks(tmp
 @pytest.mark.slow
 def test_knowledge_through_dagster_quarantines_bad_documents_and_goes_on(dataflow_home, tmp_path, scripted_server):
     from dataflow_assets.runner import run_pipeline
-    from resources.storage import ParquetStore
+    from resources.storage import QUARANTINE, ParquetStore
 
     srv, state = scripted_server
     state["script"] = Script()
@@ -195,7 +195,7 @@ def test_knowledge_through_dagster_quarantines_bad_documents_and_goes_on(dataflo
     assert summary.success, summary
     store = ParquetStore()
     assert summary.quarantined == 2
-    quarantine = pl.concat([store.read("knowledge", "quarantine", p) for p in store.partitions("knowledge", "quarantine")])
+    quarantine = pl.concat([store.read("knowledge", QUARANTINE, p) for p in store.partitions("knowledge", QUARANTINE)])
     reasons = dict(zip(quarantine.get_column("file").map_elements(lambda f: Path(f).name, return_dtype=pl.String), quarantine.get_column("reason")))
     assert reasons == {"locked.pdf": "encrypted PDF: a password is required to read it", "menu.html": "HTML page with no main text (trafilatura found no article body)"}
     final = pl.concat([store.read("knowledge", "grounded", p) for p in store.partitions("knowledge", "grounded")], how="diagonal_relaxed")
