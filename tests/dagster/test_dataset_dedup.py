@@ -163,6 +163,7 @@ def test_output_holds_only_this_runs_rows_after_dataset_wide_dedup(dataflow_home
     assert set(state) == {first.partitions[0], second.partitions[0]}
 
 
+@pytest.mark.slow  # several partitions through Dagster: ~1 min on a loaded machine
 def test_rows_per_shard_slices_keep_what_one_partition_keeps(dataflow_home, tmp_path, docs):
     rng = random.Random(7)
     texts = list(docs[:50])
@@ -182,6 +183,7 @@ def test_rows_per_shard_slices_keep_what_one_partition_keeps(dataflow_home, tmp_
     assert sliced.stages["minhash_dedup"].dropped == {"near_duplicate": 3}
 
 
+@pytest.mark.slow  # several partitions through Dagster: ~1 min on a loaded machine
 def test_kept_set_does_not_depend_on_materialisation_order(dataflow_home, tmp_path, docs):
     a, b, _ = _planted_files(tmp_path, docs)
     c = _write(tmp_path / "c.jsonl", [docs[41].lower(), docs[0] + " ", docs[59]])  # copies of b's, a's
