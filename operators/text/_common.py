@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
 import polars as pl
 
 from operators.base import Filter
@@ -186,6 +187,46 @@ DATATROVE_PUNCTUATION_CLASS = (
 def word_tokens(text: pl.Expr) -> pl.Expr:
     """The spaCy-like word tokens of each text (a list column; see SPACY_LIKE_TOKEN)."""
     return text.str.replace_all(*_CLITICS).str.extract_all(SPACY_LIKE_TOKEN)
+
+
+# --------------------------------------------------------------------------- shared word tokens
+# Tokenising (`word_tokens`) is the costliest step of both Gopher filters. When Gopher repetition
+# runs right after Gopher quality on the same texts, the quality filter leaves the hash and length
+# of every word token of the texts it kept here, and the repetition filter takes them instead of
+# tokenising again. One slot, keyed by the texts themselves: a hit needs the texts to be equal
+# (`Series.equals`, a memory compare) to those the quality filter returned, so any stage in
+# between that rewrites, reorders or drops a text makes it a miss (and the filter tokenises).
+# Taken once: the arrays (12 bytes per token) are freed when the repetition filter takes them.
+TOKEN_HASH_SEED = 7
+
+
+def token_hashes(tokens: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """(hash, length in characters) of each token of a `word_tokens` list column, as lists."""
+    el = pl.element()
+    return tokens.list.eval(el.hash(seed=TOKEN_HASH_SEED)), tokens.list.eval(el.str.len_chars())
+
+
+_token_slot: tuple | None = None
+
+
+def remember_tokens(texts: pl.Series, hashes: pl.Series, lengths: pl.Series) -> None:
+    """Leave the token hashes / lengths (list columns of `token_hashes`, one row per text) of
+    `texts` for the next `recall_tokens(texts)`."""
+    global _token_slot
+    counts = hashes.list.len().fill_null(0).to_numpy().astype(np.int64)
+    h = hashes.explode().drop_nulls().to_numpy()
+    ln = lengths.explode().drop_nulls().to_numpy().astype(np.int64)
+    _token_slot = (texts, counts, h, ln) if len(h) == counts.sum() == len(ln) else None
+
+
+def recall_tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(tokens per text, token hashes, token lengths) left by `remember_tokens` for texts equal
+    to `texts`, else None. Empties the slot either way."""
+    global _token_slot
+    slot, _token_slot = _token_slot, None
+    if slot is None or len(slot[0]) != len(texts) or not slot[0].equals(texts, check_dtypes=True):
+        return None
+    return slot[1], slot[2], slot[3]
 
 
 def splitlines_count(text: pl.Expr) -> pl.Expr:

@@ -20,6 +20,7 @@ from operators.text._common import (
     StatsFilter,
     ThresholdFilter,
     alternation,
+    compute,
     duplicate_stats,
     line_count,
     line_runs_list,
@@ -28,8 +29,10 @@ from operators.text._common import (
     nonempty_line_count,
     paragraphs_list,
     re_escape_class,
+    remember_tokens,
     safe_div,
     splitlines_count,
+    token_hashes,
     word_count,
     word_tokens,
 )
@@ -639,6 +642,22 @@ class GopherQualityFilter(StatsFilter):
 
     def prepare(self, t):
         return {"_gopher_tokens": word_tokens(t)}
+
+    def run(self, frame, cols):
+        """As `StatsFilter.run`, and leaves the token hashes / lengths of the kept texts for a
+        Gopher repetition filter that runs next on them (`remember_tokens`)."""
+        col = cols["text"]
+        pre = self.prepare(pl.col(col))
+        exprs = self.stats(pl.col(col), **{k: pl.col(k) for k in pre})
+        exprs["_tok_h"], exprs["_tok_l"] = token_hashes(pl.col("_gopher_tokens"))
+        st = compute(frame, exprs, pre=pre)
+        dec = st.select(**self.decide({k: pl.col(k) for k in st.columns}))
+        out = self.apply_keep(frame, {k: dec.get_column(k) for k in dec.columns})
+        kept = dec.select(pl.all_horizontal(pl.all().fill_null(False))).to_series() if dec.width else None
+        if kept is not None:
+            st = st.filter(kept)
+        remember_tokens(out.get_column(col), st.get_column("_tok_h"), st.get_column("_tok_l"))
+        return out
 
     def stats(self, t, _gopher_tokens=None):
         el = pl.element()

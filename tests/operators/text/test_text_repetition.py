@@ -109,3 +109,60 @@ def test_no_repeat_document_is_not_dropped_for_its_longest_ngram():
     words = "a bb ccc dddd eeeee"
     out = TopNgramCharFractionFilter(n=2, max_fraction=0.3)(pl.DataFrame({"text": [words]}), score="s")
     assert out.get_column("s")[0] == pytest.approx(4 / len(words))
+
+
+def _repetitive_docs() -> list[str]:
+    rng = random.Random(3)
+    words = "the cat sat on a mat and then it ran to the big red barn with two dogs".split()
+    docs = []
+    for i in range(40):  # some repeat whole sentences (dropped by the n-gram rules), some do not
+        sent = " ".join(rng.choice(words) for _ in range(12)) + "."
+        body = [sent] * (1 + i % 4) + [" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(8)]
+        docs.append(" ".join(body))
+    return docs
+
+
+def test_repetition_reuses_the_tokens_of_gopher_quality_and_decides_the_same(c4_frame, monkeypatch):
+    from operators.text import _common, repetition
+    from operators.text.filters import GopherQualityFilter
+
+    frame = pl.concat([c4_frame.head(400), pl.DataFrame({"text": _repetitive_docs()})])
+    quality, rep = GopherQualityFilter(), GopherRepetitionFilter()
+    passed = quality(frame, text="text")
+    assert _common.recall_tokens(passed.get_column("text")) is not None  # (and empties the slot)
+    fresh = rep(passed, text="text")  # nothing left to reuse: tokenises
+    fresh_dropped = dict(rep.last_report.dropped)
+    assert sum(fresh_dropped.values()) > 0  # the n-gram rules do drop rows here
+
+    quality(frame, text="text")  # leaves its tokens
+    assert _common._token_slot is not None
+
+    def no_tokenising(texts):
+        raise AssertionError("tokenised again although Gopher quality left its tokens")
+
+    monkeypatch.setattr(repetition, "_word_arrays", no_tokenising)
+    reused = rep(passed, text="text")
+    assert _common._token_slot is None  # taken once
+    assert reused.equals(fresh)
+    assert dict(rep.last_report.dropped) == fresh_dropped
+
+
+def test_repetition_tokenises_when_the_texts_changed_after_gopher_quality(c4_frame):
+    from operators.text import _common
+    from operators.text.filters import GopherQualityFilter
+
+    frame = pl.concat([c4_frame.head(200), pl.DataFrame({"text": _repetitive_docs()})])
+    passed = GopherQualityFilter()(frame, text="text")
+    # a stage in between rewrites one text and reorders the rows: the tokens left would be stale
+    first = pl.int_range(pl.len()) == 0
+    changed = passed.with_columns(pl.when(first).then(pl.lit("x " * 60)).otherwise(pl.col("text")).alias("text"))
+    changed = changed.reverse()
+    assert _common._token_slot is not None
+    rep = GopherRepetitionFilter()
+    got = rep(changed, text="text")
+    got_dropped = dict(rep.last_report.dropped)
+    assert _common._token_slot is None
+    want = rep(changed, text="text")  # slot empty: tokenised
+    assert got.equals(want)
+    assert got_dropped == dict(rep.last_report.dropped)
+    assert "x " * 60 not in got.get_column("text").to_list()
