@@ -173,9 +173,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from dataflow_assets.runner import backfill
-
     from dataflow_assets.pipelines import shipped
+    from dataflow_assets.runner import backfill
 
     _quiet_dagster()
     _home_or_fail("rerun")
@@ -442,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]: the run was stopped and marked failed; re-run or re-execute it from failure")
         return 130
-    except Exception as err:  # noqa: BLE001 - one line a user can act on, not a traceback
+    except Exception as err:  # one line a user can act on, not a traceback
         if debug:
             raise
         usage = isinstance(err, (KeyError, FileNotFoundError))  # unknown names, missing paths

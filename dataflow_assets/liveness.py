@@ -25,9 +25,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import dagster as dg
 
@@ -45,7 +45,7 @@ IN_PROGRESS = [
 def pool_wait_s() -> float:
     """How long a run waits for a pool slot before giving up (`DATAFLOW_POOL_WAIT_S`, default 600)."""
     try:
-        return float(os.environ.get("DATAFLOW_POOL_WAIT_S", 600))
+        return float(os.environ.get("DATAFLOW_POOL_WAIT_S", "600"))
     except ValueError:
         return 600.0
 
@@ -213,7 +213,7 @@ class RunGuard:
     def reason(self) -> str | None:
         return self.abort.reason if self.abort else None
 
-    def __enter__(self) -> "RunGuard":
+    def __enter__(self) -> RunGuard:
         self._thread.start()
         return self
 
@@ -250,7 +250,7 @@ class RunGuard:
                 self._check_interrupted_retries()
                 if not self.abort:
                     self._check_pool_waits()
-            except Exception:  # noqa: BLE001 - the guard must never kill the run it guards
+            except Exception:  # noqa: BLE001, S112 - the guard must never kill the run it guards
                 continue
 
     def _check_interrupted_retries(self) -> None:

@@ -21,7 +21,7 @@ CLI = [sys.executable, "-m", "dataflow_assets.cli"]
 def _cli(home: Path, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "DATAFLOW_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
-    return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*CLI, *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def _one_error_line(res: subprocess.CompletedProcess) -> str:
