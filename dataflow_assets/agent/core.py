@@ -107,9 +107,11 @@ def verify(source: str, schema: dict[str, pl.DataType], sample: pl.DataFrame, ll
     reports = list(pipe.stage_reports())
     for name, rep in reports:
         llm_stats = (rep.llm if rep else {}) or {}
-        calls, errors = int(llm_stats.get("calls", 0) or 0), int(llm_stats.get("errors", 0) or 0)
-        if calls and errors >= calls:
-            return Verdict(False, "run", f"stage {name!r}: all {calls} LLM calls failed ({llm_stats.get('error_kinds', llm_stats)})", out, sample.height)
+        kinds = llm_stats.get("errors") or {}  # error kind -> rows (operators.llm.summarize)
+        requests = int(llm_stats.get("requests", 0) or 0)
+        errors = sum(kinds.values()) if isinstance(kinds, dict) else int(kinds or 0)
+        if requests and errors >= requests:
+            return Verdict(False, "run", f"stage {name!r}: all {requests} LLM requests failed ({kinds})", out, sample.height)
     if out.height == 0:
         trail = ", ".join(f"{n}: {r.rows_in}->{r.rows_out}" for n, r in reports if r)
         return Verdict(False, "run", f"empty output: the sample run kept 0 of {sample.height} rows ({trail})", out, sample.height)

@@ -308,3 +308,15 @@ def test_definitions_include_the_agents_pipeline_and_its_jobs(dataflow_home, tmp
     job = defs.resolve_job_def(f"{res.plan.name}_stages")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert f"{res.plan.name}/exact_dedup_filter" in keys and job.name == f"{res.plan.name}_stages"
+
+
+def test_an_llm_stage_whose_every_call_fails_fails_verification(dataflow_home, tmp_path, scripted):
+    """Every summary request errors (the loopback server answers 400): the round fails naming the stage and
+    the error kinds, and no pipeline is written."""
+    path = tmp_path / "q.jsonl"
+    pl.DataFrame({"question": ["what is 1+1? #fault=400*", "what is 2+2? #fault=400*"]}).write_ndjson(path)
+    srv, llm = scripted({"name": "sum", "steps": [_step("summarizer", text="question")]})
+    res = build_pipeline("summarise the questions", path, llm=llm, planner="llm", echo=None, max_rounds=1)
+    assert not res.ok and res.rounds[0].stage == "run"
+    assert "stage 'summarizer': all 2 LLM requests failed" in res.rounds[0].error and "client_error" in res.rounds[0].error
+    assert res.path is None
