@@ -315,7 +315,7 @@ def test_an_llm_stage_whose_every_call_fails_fails_verification(dataflow_home, t
     the error kinds, and no pipeline is written."""
     path = tmp_path / "q.jsonl"
     pl.DataFrame({"question": ["what is 1+1? #fault=400*", "what is 2+2? #fault=400*"]}).write_ndjson(path)
-    srv, llm = scripted({"name": "sum", "steps": [_step("summarizer", text="question")]})
+    _srv, llm = scripted({"name": "sum", "steps": [_step("summarizer", text="question")]})
     res = build_pipeline("summarise the questions", path, llm=llm, planner="llm", echo=None, max_rounds=1)
     assert not res.ok and res.rounds[0].stage == "run"
     assert "stage 'summarizer': all 2 LLM requests failed" in res.rounds[0].error and "client_error" in res.rounds[0].error
