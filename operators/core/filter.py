@@ -10,7 +10,8 @@ import jsonschema
 import polars as pl
 
 from operators.base import Filter, register
-from operators.core.common import _BAD, SCORE_REPLY, CoreLLMOperator, field_of, loads_loose, score_schema
+from operators.core.common import _BAD, CoreLLMOperator, field_of, loads_loose
+from operators.core.evaluate import RATIONALE_FIRST_REPLY, judge_schema
 from operators.llm import LLMClient, PromptTemplate, SamplingParams
 
 
@@ -26,9 +27,11 @@ class PromptedFilter(CoreLLMOperator, Filter):
 
     Reads: `text` (default `text`) plus any extra columns the template names. Writes: optional
     `score` (default `filter_score`, Int64; pass `score=None` to not keep it) and `<score>_meta`.
-    The judge answers JSON-schema constrained `{"score": integer in [min_score, max_score],
-    "rationale": string}`. Drop reasons: `llm_error:<kind>` for rows whose call failed (or whose
-    answer did not match the schema: `llm_error:schema`), `below_threshold` otherwise.
+    The judge answers JSON-schema constrained `{"rationale": string, "score": integer in
+    [min_score, max_score]}`, rationale first (prompt and schema shared with `LLMJudgeEvaluator`)
+    so the model states its reason before it scores. Drop reasons: `llm_error:<kind>` for rows
+    whose call failed (or whose answer did not match the schema: `llm_error:schema`),
+    `below_threshold` otherwise.
     Use it to drop low-quality, off-topic or unsafe rows with a natural-language criterion.
     """
 
@@ -36,7 +39,8 @@ class PromptedFilter(CoreLLMOperator, Filter):
     writes = {"score": "filter_score"}
     default_template = PromptTemplate(
         "prompted_filter",
-        "Rate the text below from {min_score} to {max_score} for: {criteria}\n\nText:\n{text}\n\n" + SCORE_REPLY,
+        "Rate the text below from {min_score} to {max_score} for: {criteria}\n\nText:\n{text}\n\n"
+        "First say in one sentence what is good or bad about the text, then give the score. " + RATIONALE_FIRST_REPLY,
         "You are a careful data-quality annotator.",
     )
 
@@ -60,7 +64,7 @@ class PromptedFilter(CoreLLMOperator, Filter):
 
     @property
     def schema(self):
-        return score_schema(self.min_score, self.max_score)
+        return judge_schema(self.min_score, self.max_score)
 
     def run(self, frame, cols):
         score = cols.get("score") or "__score"
