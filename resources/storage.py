@@ -58,13 +58,27 @@ def has_project_state(path: Path | None = None) -> bool:
     return path.is_dir() and any((path / name).exists() for name in PROJECT_STATE)
 
 
+# Run monitoring (used by dagster-daemon, i.e. `dataflow ui`): runs whose worker died are marked failed
+# and the pool slots of finished runs are freed; CLI runs are also reaped by `liveness.reap_dead_runs`.
+INSTANCE_YAML = """telemetry:
+  enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
+"""
+
+
 def dagster_home() -> Path:
     """DAGSTER_HOME inside the project home (created with an empty dagster.yaml when missing)."""
     path = Path(os.environ.get("DAGSTER_HOME") or home() / "dagster")
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
     if not config.exists():
-        write_text_atomic("telemetry:\n  enabled: false\n", config)  # never half a file for a racing reader
+        write_text_atomic(INSTANCE_YAML, config)  # never half a file for a racing reader
     return path
 
 
