@@ -12,10 +12,10 @@ import polars as pl
 
 from operators.base import Filter, register
 from operators.text._common import (
-    GOPHER_STOP_WORDS,
-    C4_POLICY_SUBSTRINGS,
     ABBREVIATIONS,
+    C4_POLICY_SUBSTRINGS,
     DATATROVE_PUNCTUATION_CLASS,
+    GOPHER_STOP_WORDS,
     TERMINAL_PUNCTUATION,
     StatsFilter,
     ThresholdFilter,

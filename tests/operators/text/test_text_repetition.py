@@ -113,7 +113,7 @@ def test_no_repeat_document_is_not_dropped_for_its_longest_ngram():
 
 def _repetitive_docs() -> list[str]:
     rng = random.Random(3)
-    words = "the cat sat on a mat and then it ran to the big red barn with two dogs".split()
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "the", "big", "red", "barn", "with", "two", "dogs"]
     docs = []
     for i in range(40):  # some repeat whole sentences (dropped by the n-gram rules), some do not
         sent = " ".join(rng.choice(words) for _ in range(12)) + "."
