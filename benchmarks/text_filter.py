@@ -1,6 +1,6 @@
 """Benchmark: our Gopher + C4 rule chain vs datatrove and vs one hand-written Polars query, on equal work.
 
-    .venv/bin/python benchmarks/text_filter.py [--docs N]
+    .venv/bin/python benchmarks/text_filter.py [--docs N] [--baseline DIR]
 
 Equal work: every row runs the same N documents (the 2,000 real C4 validation documents, then
 documents made of C4 lines sampled at random, as many lines as a random C4 document has, at least
@@ -13,6 +13,8 @@ two Gopher filters would make it tokenise twice). Rows:
 - ours, 1 thread: the operators of `text_pt` (gopher_quality, gopher_repetition, c4_lines,
   c4_quality) with POLARS_MAX_THREADS=1;
 - ours, all cores: the same with Polars' default thread pool;
+- ours at another revision, 1 thread (only with `--baseline DIR`, DIR holding that revision's
+  files, e.g. `git archive REV | tar -x -C DIR`): before / after on the same documents in one run;
 - hand-written Polars, 1 thread: one lazy query a Polars user would write for the same rules
   (same tokens, same thresholds; the duplicate n-gram rule as the paper's union of covered words,
   the one sequential part of datatrove's rule that a query cannot express).
@@ -221,12 +223,15 @@ def _peak_rss_mb() -> float:
 WORKERS = {"corpus": work_corpus, "ours": work_ours, "datatrove": work_datatrove, "hand": work_hand}
 
 
-def run_child(name: str, path: str, threads: int | None, docs: int = 0, timeout: int = 7200) -> dict:
+def run_child(
+    name: str, path: str, threads: int | None, docs: int = 0, timeout: int = 7200, script: str | None = None
+) -> dict:
     env = dict(os.environ, BENCH_DOCS=str(docs))
     if threads:
         env.update(POLARS_MAX_THREADS=str(threads), OMP_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, __file__, "--worker", name, path], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    script = script or __file__
+    proc = subprocess.run([sys.executable, script, "--worker", name, path], capture_output=True, text=True, check=False,
+                          timeout=timeout, cwd=Path(script).resolve().parents[1], env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -236,6 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=10_000)
     ap.add_argument("--worker", nargs=2)
+    ap.add_argument("--baseline", help="a directory holding another revision of this project (adds its row)")
     args = ap.parse_args()
     if args.worker:
         import logging
@@ -267,13 +273,15 @@ def main() -> None:
             "hand_polars_1_thread": run_child("hand", path, 1),
             "ours_all_cores": run_child("ours", path, None),
         }
+        if args.baseline:
+            rows["baseline_1_thread"] = run_child("ours", path, 1, script=str(Path(args.baseline) / "benchmarks" / "text_filter.py"))
     res: dict = {"docs": args.docs, "rules": "gopher_quality > gopher_repetition > c4", "cores": os.cpu_count(), "rows": rows}
     for r in rows.values():
         if "seconds" in r:
             r["docs_per_s"] = r["docs"] / r["seconds"]
     ok = all("docs_per_s" in r for r in rows.values())
     if ok:
-        dt, ours, hand, allc = (rows[k]["docs_per_s"] for k in rows)
+        dt, ours, hand, allc = (rows[k]["docs_per_s"] for k in list(rows)[:4])
         res["speedup_vs_datatrove_per_thread"] = ours / dt
         res["speedup_vs_datatrove_all_cores"] = allc / dt
         res["ratio_vs_hand_written_polars"] = ours / hand
@@ -288,6 +296,9 @@ def main() -> None:
         print(f"ours (1 thread) vs datatrove (1 process): {res['speedup_vs_datatrove_per_thread']:.1f}x (target >= 50x); "
               f"all cores vs datatrove: {res['speedup_vs_datatrove_all_cores']:.1f}x; "
               f"ours vs hand-written Polars query (1 thread each): {res['ratio_vs_hand_written_polars']:.2f}x (target >= 0.7x)")
+        if "baseline_1_thread" in rows:
+            res["speedup_vs_baseline_per_thread"] = ours / rows["baseline_1_thread"]["docs_per_s"]
+            print(f"ours vs the --baseline revision (1 thread each): {res['speedup_vs_baseline_per_thread']:.2f}x")
     print("kept counts differ slightly: datatrove tokenises with spaCy, we with a regex (>= 99% agreement per "
           "Gopher filter, see operators/text); the hand-written query approximates the duplicate n-gram scan.")
     print(json.dumps(res))
