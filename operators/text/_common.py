@@ -197,7 +197,10 @@ def word_tokens(text: pl.Expr) -> pl.Expr:
 # (`Series.equals`, a memory compare) to those the quality filter returned, so any stage in
 # between that rewrites, reorders or drops a text makes it a miss (and the filter tokenises).
 # Taken once: the arrays (12 bytes per token) are freed when the repetition filter takes them.
+# At most TOKEN_SLOT_MAX_TOKENS tokens are kept (~240 MB): of a larger batch only the leading texts
+# that fit; the repetition filter tokenises the others.
 TOKEN_HASH_SEED = 7
+TOKEN_SLOT_MAX_TOKENS = 20_000_000
 
 
 def token_hashes(tokens: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
@@ -206,25 +209,42 @@ def token_hashes(tokens: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     return tokens.list.eval(el.hash(seed=TOKEN_HASH_SEED)), tokens.list.eval(el.str.len_chars())
 
 
+def token_prefix_rows(texts: pl.Series) -> int:
+    """How many leading texts' tokens to hash for `remember_tokens`: those whose estimated tokens
+    (one per 4 characters; C4 averages one per 5) fit in TOKEN_SLOT_MAX_TOKENS."""
+    est = np.cumsum(texts.str.len_chars().fill_null(0).to_numpy() // 4 + 1)
+    return int(np.searchsorted(est, TOKEN_SLOT_MAX_TOKENS, side="right"))
+
+
 _token_slot: tuple | None = None
 
 
 def remember_tokens(texts: pl.Series, hashes: pl.Series, lengths: pl.Series) -> None:
-    """Leave the token hashes / lengths (list columns of `token_hashes`, one row per text) of
-    `texts` for the next `recall_tokens(texts)`."""
+    """Leave the token hashes / lengths (list columns of `token_hashes`, one row per text; null
+    from the first text not hashed on) of the leading `texts` for the next `recall_tokens`."""
     global _token_slot
-    counts = hashes.list.len().fill_null(0).to_numpy().astype(np.int64)
-    h = hashes.explode().drop_nulls().to_numpy()
-    ln = lengths.explode().drop_nulls().to_numpy().astype(np.int64)
-    _token_slot = (texts, counts, h, ln) if len(h) == counts.sum() == len(ln) else None
+    _token_slot = None
+    counts = hashes.list.len().to_numpy()
+    nulls = hashes.is_null().to_numpy()
+    rows = int(np.argmax(nulls)) if nulls.any() else len(counts)
+    cum = np.cumsum(counts[:rows].astype(np.int64))
+    rows = int(np.searchsorted(cum, TOKEN_SLOT_MAX_TOKENS, side="right"))
+    if rows == 0:
+        return
+    counts = counts[:rows].astype(np.int64)
+    h = hashes.head(rows).explode().drop_nulls().to_numpy()
+    ln = lengths.head(rows).explode().drop_nulls().to_numpy().astype(np.uint32)
+    if len(h) == counts.sum() == len(ln):
+        _token_slot = (texts.head(rows), counts, h, ln)
 
 
 def recall_tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(tokens per text, token hashes, token lengths) left by `remember_tokens` for texts equal
-    to `texts`, else None. Empties the slot either way."""
+    """(tokens per text, token hashes, token lengths) left by `remember_tokens` for the leading
+    texts of `texts` (all of them, or as many as the slot held), provided they are equal to the
+    texts remembered; else None. Empties the slot either way."""
     global _token_slot
     slot, _token_slot = _token_slot, None
-    if slot is None or len(slot[0]) != len(texts) or not slot[0].equals(texts, check_dtypes=True):
+    if slot is None or len(slot[0]) > len(texts) or not slot[0].equals(texts.head(len(slot[0])), check_dtypes=True):
         return None
     return slot[1], slot[2], slot[3]
 

@@ -33,6 +33,7 @@ from operators.text._common import (
     safe_div,
     splitlines_count,
     token_hashes,
+    token_prefix_rows,
     word_count,
     word_tokens,
 )
@@ -649,8 +650,11 @@ class GopherQualityFilter(StatsFilter):
         col = cols["text"]
         pre = self.prepare(pl.col(col))
         exprs = self.stats(pl.col(col), **{k: pl.col(k) for k in pre})
-        exprs["_tok_h"], exprs["_tok_l"] = token_hashes(pl.col("_gopher_tokens"))
-        st = compute(frame, exprs, pre=pre)
+        # hash the tokens of the leading texts whose tokens fit the slot (see `remember_tokens`)
+        head = pl.col("__tok_row") < token_prefix_rows(frame.get_column(col))
+        for name, expr in zip(("_tok_h", "_tok_l"), token_hashes(pl.col("_gopher_tokens"))):
+            exprs[name] = pl.when(head).then(expr)
+        st = compute(frame.with_row_index("__tok_row"), exprs, pre=pre)
         dec = st.select(**self.decide({k: pl.col(k) for k in st.columns}))
         out = self.apply_keep(frame, {k: dec.get_column(k) for k in dec.columns})
         kept = dec.select(pl.all_horizontal(pl.all().fill_null(False))).to_series() if dec.width else None

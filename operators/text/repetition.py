@@ -85,8 +85,8 @@ def ngram_repetition(
     n-grams only. With `dup_bounds` ({n: max fraction of len(text)}) it runs only for texts whose
     union bound (characters of all words covered by a repeated n-gram, which the scan never
     exceeds) is above the bound: the others keep that bound, which decides the same way.
-    `words` = (tokens per text, token hashes, token lengths), as `recall_tokens` returns them,
-    skips tokenising.
+    `words` = (tokens per text, token hashes, token lengths) of all texts or of the leading ones,
+    as `recall_tokens` returns them, skips tokenising those texts.
     """
     top_ns, dup_ns = tuple(top_ns), tuple(dup_ns)
     n_docs = len(texts)
@@ -94,6 +94,11 @@ def ngram_repetition(
     out.update({f"dup_{n}": np.zeros(n_docs, dtype=np.int64) for n in dup_ns})
     if n_docs == 0:
         return out
+    if words is not None and len(words[0]) < n_docs:  # tokens of the leading texts only
+        k = len(words[0])
+        head = ngram_repetition(texts.head(k), top_ns, dup_ns, chunk_words, dup_bounds, words)
+        tail = ngram_repetition(texts.slice(k), top_ns, dup_ns, chunk_words, dup_bounds)
+        return {key: np.concatenate([head[key], tail[key]]) for key in out}
     lengths = texts.fill_null("").str.len_chars().to_numpy().astype(np.int64)
     # chunk boundaries on documents, ~chunk_words words each (a word is at most ~1 char + space)
     cum = np.cumsum(lengths // 5 + 1)
@@ -108,7 +113,8 @@ def ngram_repetition(
             counts = words[0][start:stop]
             lo = int(tok_start[start])
             hi = lo + int(counts.sum())
-            arrays = (np.repeat(np.arange(len(counts), dtype=np.uint32), counts), words[1][lo:hi], words[2][lo:hi], counts)
+            doc = np.repeat(np.arange(len(counts), dtype=np.uint32), counts)
+            arrays = (doc, words[1][lo:hi], words[2][lo:hi].astype(np.int64), counts)
         _ngram_chunk(texts.slice(start, stop - start), start, top_ns, dup_ns, out, lengths[start:stop], dup_bounds, arrays)
         start = stop
     return out
@@ -377,9 +383,9 @@ class GopherRepetitionFilter(_NgramFilter):
         conds = {k: evaluated.get_column(k) for k in evaluated.columns}
         ok = evaluated.select(pl.all_horizontal(pl.all().fill_null(False)).alias("ok")).to_series()
         sub = frame.filter(ok)
-        if words is not None:  # the tokens of the rows that passed
-            mask = ok.fill_null(False).to_numpy()
+        if words is not None:  # the tokens of the (leading) rows that passed
             counts, h, ln = words
+            mask = ok.head(len(counts)).fill_null(False).to_numpy()
             per_token = np.repeat(mask, counts)
             words = (counts[mask], h[per_token], ln[per_token])
         frac = self.fractions(sub, col, self.top_n_grams, self.dup_n_grams, words=words)

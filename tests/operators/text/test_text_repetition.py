@@ -166,3 +166,27 @@ def test_repetition_tokenises_when_the_texts_changed_after_gopher_quality(c4_fra
     assert got.equals(want)
     assert got_dropped == dict(rep.last_report.dropped)
     assert "x " * 60 not in got.get_column("text").to_list()
+
+
+def test_repetition_reuses_the_leading_tokens_when_the_slot_holds_only_part(c4_frame, monkeypatch):
+    from operators.text import _common, repetition
+    from operators.text.filters import GopherQualityFilter
+
+    frame = pl.concat([pl.DataFrame({"text": _repetitive_docs()}), c4_frame.head(300)])
+    passed = GopherQualityFilter()(frame, text="text")
+    rep = GopherRepetitionFilter()
+    want = rep(passed, text="text")  # nothing left to reuse (the slot is taken by this call)
+    want_dropped = dict(rep.last_report.dropped)
+
+    monkeypatch.setattr(_common, "TOKEN_SLOT_MAX_TOKENS", 20_000)  # ~40 of the texts' tokens fit
+    GopherQualityFilter()(frame, text="text")
+    held = len(_common._token_slot[1])
+    assert 0 < held < passed.height
+    assert _common._token_slot[1].sum() <= 20_000
+    tokenised = []
+    real = repetition._word_arrays
+    monkeypatch.setattr(repetition, "_word_arrays", lambda texts: tokenised.append(len(texts)) or real(texts))
+    got = rep(passed, text="text")
+    assert got.equals(want)
+    assert dict(rep.last_report.dropped) == want_dropped
+    assert 0 < sum(tokenised) <= passed.height - held  # only the texts the slot did not hold
