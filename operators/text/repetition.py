@@ -5,7 +5,10 @@ duplicate n-grams by datatrove's left-to-right scan.
 
 Line and paragraph duplication are Polars list expressions. The n-gram statistics hash every
 token once (Polars), then build n-gram hashes with numpy array arithmetic over the whole batch,
-only at positions whose (n-1)-gram repeats, and count them with one packed sort per n. The one
+only at positions whose (n-1)-gram repeats, and count them with one packed sort per n (Polars'
+radix sort, ~3x numpy's). When a GopherQualityFilter ran just before on the same texts, its
+token hashes and lengths are reused instead of tokenising again (`recall_tokens` in _common.py):
+tokenising is the costliest step of both filters. The one
 sequential step, datatrove's duplicate scan, runs in Python over the positions of repeated
 n-grams only, and only for documents whose union bound exceeds the threshold. Documents are
 processed in chunks of `chunk_words` words so memory stays bounded.
