@@ -180,18 +180,22 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it_stale(tmp_
     stages whose operators call them, and of no other stage."""
     import shutil
 
-    from dataflow_assets.pipelines.text_pt import TextPretrainPipeline
+    def copy(root: Path) -> Path:  # one snapshot of the sources (other edits may land while the test runs)
+        if (tmp_path / "base").exists():
+            shutil.copytree(tmp_path / "base", root)
+        else:
+            for pkg in ("operators", "dataflow_assets", "resources", "sensors"):
+                shutil.copytree(REPO / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        return root
 
-    baseline = {s.name: s.code_version() for s in TextPretrainPipeline().trace()}
+    baseline = _stage_versions(copy(tmp_path / "base"))
     cases = {
         ("operators/text/_common.py", "duplicate_stats"): {"gopher_repetition", "fineweb_quality"},
         ("operators/text/refiners.py", "c4_clean_lines"): {"c4_lines", "c4_quality"},
         ("operators/text/repetition.py", "ngram_repetition"): {"gopher_repetition"},
     }
     for (file, function), expected in cases.items():
-        root = tmp_path / function
-        for pkg in ("operators", "dataflow_assets", "resources", "sensors"):
-            shutil.copytree(REPO / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        root = copy(tmp_path / function)
         _edit_function(root / file, function)
         versions = _stage_versions(root)
         assert set(versions) == set(baseline)
