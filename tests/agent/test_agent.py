@@ -320,3 +320,16 @@ def test_an_llm_stage_whose_every_call_fails_fails_verification(dataflow_home, t
     assert not res.ok and res.rounds[0].stage == "run"
     assert "stage 'summarizer': all 2 LLM requests failed" in res.rounds[0].error and "client_error" in res.rounds[0].error
     assert res.path is None
+
+
+@pytest.mark.slow
+def test_cli_agent_with_the_embedded_model_by_default(dataflow_home):
+    """No endpoint configured: `dataflow agent` uses the embedded model for the LLM stage and plans deterministically."""
+    pytest.importorskip("llama_cpp")
+    src = shared(*ABBREV)
+    env = {k: "" for k in ("DATAFLOW_LLM_BASE_URL",)}
+    proc = _cli(["agent", "summarize the text", "--input", str(src), "--rows", "2", "--json"], dataflow_home, **env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["planner"] == "deterministic" and summary["operators"] == 1
+    assert "summarizer" in open(summary["path"]).read()
