@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -332,4 +333,4 @@ def test_cli_agent_with_the_embedded_model_by_default(dataflow_home):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["ok"] and summary["planner"] == "deterministic" and summary["operators"] == 1
-    assert "summarizer" in open(summary["path"]).read()
+    assert "summarizer" in Path(summary["path"]).read_text()
