@@ -56,6 +56,13 @@ def run_agent_command(args: argparse.Namespace, console: Any, usage_error: type[
         raise usage_error("--rows and --max-rounds must be at least 1")
     if args.out and not args.out.endswith(".py"):
         raise usage_error(f"--out {args.out}: must end in .py")
+    from dataflow_assets.agent.core import read_sample
+    from operators.io import InputError
+
+    try:
+        read_sample(path, args.rows)  # an unreadable or empty input is the user's mistake: one line, exit 2
+    except (InputError, ValueError) as err:
+        raise usage_error(f"--input {args.input}: {getattr(err, 'reason', err)}") from None
     try:
         llm = make_llm(args.llm)
     except ValueError as err:

@@ -261,6 +261,10 @@ def test_cli_agent_writes_the_pipeline_and_reports(dataflow_home):
     assert summary["ok"] and summary["operators"] >= 2 and os.path.exists(summary["path"])
     bad = _cli(["agent", "clean", "--input", str(dataflow_home / "missing.jsonl")], dataflow_home)
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+    empty = dataflow_home / "empty.jsonl"
+    empty.write_text("")
+    bad = _cli(["agent", "clean", "--input", str(empty)], dataflow_home)
+    assert bad.returncode == 2 and "no readable rows" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow
