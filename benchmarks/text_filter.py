@@ -270,18 +270,20 @@ def main() -> None:
         rows = {
             "datatrove_1_process": run_child("datatrove", path, 1),
             "ours_1_thread": run_child("ours", path, 1),
-            "hand_polars_1_thread": run_child("hand", path, 1),
-            "ours_all_cores": run_child("ours", path, None),
         }
-        if args.baseline:
+        if args.baseline:  # right after ours, so both see the same machine load
             rows["baseline_1_thread"] = run_child("ours", path, 1, script=str(Path(args.baseline) / "benchmarks" / "text_filter.py"))
+        rows["hand_polars_1_thread"] = run_child("hand", path, 1)
+        rows["ours_all_cores"] = run_child("ours", path, None)
     res: dict = {"docs": args.docs, "rules": "gopher_quality > gopher_repetition > c4", "cores": os.cpu_count(), "rows": rows}
     for r in rows.values():
         if "seconds" in r:
             r["docs_per_s"] = r["docs"] / r["seconds"]
     ok = all("docs_per_s" in r for r in rows.values())
     if ok:
-        dt, ours, hand, allc = (rows[k]["docs_per_s"] for k in list(rows)[:4])
+        dt, ours, hand, allc = (
+            rows[k]["docs_per_s"] for k in ("datatrove_1_process", "ours_1_thread", "hand_polars_1_thread", "ours_all_cores")
+        )
         res["speedup_vs_datatrove_per_thread"] = ours / dt
         res["speedup_vs_datatrove_all_cores"] = allc / dt
         res["ratio_vs_hand_written_polars"] = ours / hand
