@@ -12,6 +12,8 @@ from ../shared/data (GSM8K, MBPP, Spider, C4, function-call chats, MedQA-style q
 Modes, side by side in one run:
 - `embedded`: the embedded SmolLM2-135M (managed llama.cpp, CPU) runs the LLM stages of the sample
   run; planning is deterministic (the agent's rule for the small model);
+- `embedded-llm` (opt-in): the embedded model forced through the LLM planner (deterministic fallback
+  after it), to measure how a 135M model plans;
 - `endpoint`: an OpenAI-compatible endpoint from DATAFLOW_LLM_BASE_URL / _MODEL / _API_KEY plans
   (LLM planner, deterministic fallback) and runs the stages; skipped when none is configured.
 
@@ -79,7 +81,7 @@ def cases(rows: int, workdir: Path) -> list[tuple[str, str, Path]]:
 def make_llm(mode: str):
     from dataflow_assets.agent.cli import make_llm as _make
 
-    return _make("embedded" if mode == "embedded" else "endpoint")
+    return _make("endpoint" if mode == "endpoint" else "embedded")
 
 
 def run_mode(mode: str, all_cases, rows: int, max_rounds: int) -> dict:
@@ -91,7 +93,8 @@ def run_mode(mode: str, all_cases, rows: int, max_rounds: int) -> dict:
         for name, request, path in all_cases:
             t0 = time.perf_counter()
             try:
-                res = build_pipeline(request, path, rows=rows, llm=llm, max_rounds=max_rounds, echo=None)
+                res = build_pipeline(request, path, rows=rows, llm=llm, max_rounds=max_rounds, echo=None,
+                                     planner="llm" if mode == "embedded-llm" else "auto")
                 row = {**res.summary(), "ops": [s.operator for s in res.plan.steps] if res.ok else []}
             except Exception as err:  # noqa: BLE001 - a crash is a failed case, counted as such
                 row = {"ok": False, "error": f"{type(err).__name__}: {err}", "rounds": 0, "operators": 0, "tokens": 0,
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=3, help="sample rows per case (default 3)")
     ap.add_argument("--limit", type=int, help="only the first N cases (a quick look)")
-    ap.add_argument("--modes", default="embedded,endpoint", help="comma-separated: embedded, endpoint")
+    ap.add_argument("--modes", default="embedded,endpoint", help="comma-separated: embedded, embedded-llm, endpoint")
     ap.add_argument("--max-rounds", type=int, default=3)
     args = ap.parse_args(argv)
     if not AGENT_DATA.exists():
