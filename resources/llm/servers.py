@@ -368,10 +368,22 @@ class SharedServer:
 
     def _healthy(self, port: int) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.host}:{port}{self.health_path}", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://{self.host}:{port}{self.health_path}", timeout=10) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
+    def _answers(self, port: int) -> bool:
+        """Whether a live server answers its health route within the startup bound. A server busy
+        generating for another user (llama.cpp serves one request at a time) can miss a single short
+        probe; replacing it then would kill the other user's requests and load the model again."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self._healthy(port):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -388,7 +400,7 @@ class SharedServer:
             me = {"pid": os.getpid(), "start": process_start(os.getpid()), "token": uuid.uuid4().hex}
             with _flock(self.dir / "lock"):
                 state = self._read()
-                if state and _group_alive(state["pid"]) and self._healthy(state["port"]):
+                if state and _group_alive(state["pid"]) and self._answers(state["port"]):
                     state["users"] = [u for u in state.get("users", []) if user_alive(u)] + [me]
                     state["linger_s"] = self.linger_s
                     self._write(state)

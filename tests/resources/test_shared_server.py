@@ -147,6 +147,25 @@ def test_a_dead_server_is_replaced(tmp_path):
         a.stop()
 
 
+def test_a_busy_server_is_joined_not_replaced(tmp_path):
+    """llama.cpp answers one request at a time: a user joining while another user's generation runs
+    sees a slow health probe. It must wait and join, not kill the busy server and load the model again
+    (a 4-partition backfill started the embedded model 3 times before this)."""
+    import threading
+
+    home = tmp_path / "home"
+    a = SharedServer(LOOPBACK, name="loopback", home=home, startup_timeout_s=60).start()
+    pgid = a.pid
+    os.killpg(pgid, signal.SIGSTOP)  # busy: nothing answers for 3 s
+    threading.Timer(3.0, os.killpg, (pgid, signal.SIGCONT)).start()
+    b = SharedServer(LOOPBACK, name="loopback", home=home, startup_timeout_s=60).start()
+    try:
+        assert b.pid == pgid and group_alive(pgid) and len(server_starts(home)) == 1
+    finally:
+        b.stop()
+        a.stop()
+
+
 REAL = textwrap.dedent(
     """
     import json, sys, time
