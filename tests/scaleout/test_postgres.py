@@ -199,9 +199,13 @@ def test_sensor_tick_and_two_partition_backfill_on_postgres(pg_instance, postgre
     for name, texts in files.items():
         (inbox / PIPELINE / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
 
-    # one sensor tick: both files become dynamic partitions and run requests
+    # first sight: a file starts once its size and mtime held still for one tick; the next tick
+    # turns both files into dynamic partitions and run requests
     sensor = input_sensor(PIPELINE, job_name="toy_stages")
-    result = sensor(dg.build_sensor_context(instance=inst, sensor_name=sensor.name))
+    settling = sensor(dg.build_sensor_context(instance=inst, sensor_name=sensor.name))
+    assert isinstance(settling, dg.SensorResult) and not settling.run_requests
+    assert inst.get_dynamic_partitions(f"{PIPELINE}_shards") == []
+    result = sensor(dg.build_sensor_context(instance=inst, sensor_name=sensor.name, cursor=settling.cursor))
     assert isinstance(result, dg.SensorResult)
     added = inst.get_dynamic_partitions(f"{PIPELINE}_shards")  # the sensor adds the partitions itself
     assert len(added) == 2
