@@ -20,6 +20,7 @@ import dagster as dg
 
 from dataflow_assets import dedup
 from dataflow_assets.factory import DATASET, SOURCE, exports_folder, split_catalog
+from dataflow_assets.liveness import PoolWaitTimeout, RunAborted, RunGuard, owner_tags, reap_dead_runs, wait_for_pools
 from dataflow_assets.pipelines import ShippedPipeline, shipped
 from resources.storage import QUARANTINE, ParquetStore, Shard, ShardRegistry, dagster_home, setup_lock
 
@@ -417,8 +418,6 @@ class _Guard:
         self.summary = summary
 
     def wait(self, spec: ShippedPipeline) -> None:
-        from dataflow_assets.liveness import RunAborted, wait_for_pools
-
         if self.run_guard.reason:  # the guard stopped the previous partition's run: stop here too
             raise RunAborted()
         if _interrupted(self.summary):  # SIGTERM/Ctrl-C stopped the previous partition's run
@@ -433,8 +432,6 @@ def guarded_runs(summary: RunSummary, on_event: Callable[[dict[str, Any]], None]
     """Around the partition runs of one command: dead runs are marked failed and their pool slots freed
     first; a `RunGuard` watches the runs (a step stuck on a pool past the bound, or SIGTERM while
     Dagster defers it, stops the run); a stopped or timed-out run becomes a FAILED line in `summary`."""
-    from dataflow_assets.liveness import PoolWaitTimeout, RunAborted, RunGuard, reap_dead_runs
-
     inst = instance()
     reap_dead_runs(inst)
     guard = RunGuard(inst)
@@ -482,12 +479,6 @@ def _source_accounting(summary: RunSummary, meta: dict[str, Any]) -> None:
         quarantined = 0
     summary.records += records
     summary.quarantined += quarantined
-
-
-def owner_tags() -> dict[str, str]:
-    from dataflow_assets.liveness import owner_tags as tags
-
-    return tags()
 
 
 def _collect_failures(summary: RunSummary, spec: ShippedPipeline, partition: str | None, events: Sequence[dg.DagsterEvent]) -> None:
