@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -109,13 +110,34 @@ def write_text_atomic(text: str, path: Path) -> Path:
     return path
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike, home_dir: str | os.PathLike | None = None) -> str:
+    """The SHA-256 of a file, computed once per (path, size, mtime): memoized in this process and in
+    `$DATAFLOW_HOME/cache/file-hashes/`, so an input shard (source metadata, then the export manifest,
+    then the input sensor) or a 100 MB GGUF is not re-read per use."""
+    p = Path(path).resolve()
+    st = p.stat()
+    sig = (str(p), st.st_size, st.st_mtime_ns)
+    if sig in _HASHES:
+        return _HASHES[sig]
+    root = Path(home_dir).expanduser().resolve() if home_dir else home(create=False)
+    memo = root / "cache" / "file-hashes" / (hashlib.blake2b(str(p).encode(), digest_size=12).hexdigest() + ".json")
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        saved = json.loads(memo.read_text())
+        if (saved["path"], saved["size"], saved["mtime_ns"]) == sig:
+            _HASHES[sig] = saved["sha256"]
+            return saved["sha256"]
+    with open(p, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    _HASHES[sig] = digest
+    with contextlib.suppress(OSError):
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": sig[0], "size": sig[1], "mtime_ns": sig[2], "sha256": digest}))
+        os.replace(tmp, memo)
+    return digest
 
 
 class LockTimeout(TimeoutError):

