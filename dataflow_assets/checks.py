@@ -17,11 +17,13 @@ from operators.base import ID
 
 @dataclass
 class GateInput:
-    """What a gate sees: the stage output for one partition and the partition's source row count."""
+    """What a gate sees: the stage output for one partition, the partition's source row count, the
+    columns the stage declares it writes and the rows the stage itself read."""
 
     frame: pl.DataFrame
     source_rows: int
     declared: list[str]  # columns the stage declares it writes
+    input_rows: int | None = None  # rows the stage read (None: the source row count)
 
 
 @dataclass
@@ -54,8 +56,10 @@ def _schema(d: GateInput) -> tuple[bool, dict[str, Any]]:
 
 
 def _non_empty(d: GateInput) -> tuple[bool, dict[str, Any]]:
-    # an empty input (0 records) is not a failure of the pipeline: there was nothing to keep
-    return d.frame.height > 0 or d.source_rows == 0, {"rows": d.frame.height, "source_rows": d.source_rows}
+    # judged against what the stage read: an empty input (an empty file, or a shard an upstream
+    # filter emptied, whose own gate already said so) is not this stage's failure
+    rows_in = d.source_rows if d.input_rows is None else d.input_rows
+    return d.frame.height > 0 or rows_in == 0, {"rows": d.frame.height, "rows_in": rows_in, "source_rows": d.source_rows}
 
 
 def _unique_id(d: GateInput) -> tuple[bool, dict[str, Any]]:
@@ -65,7 +69,7 @@ def _unique_id(d: GateInput) -> tuple[bool, dict[str, Any]]:
 
 STANDARD_GATES = [
     Gate("schema", "The stage output has `_id` and every column the stage declares it writes.", _schema),
-    Gate("non_empty", "The stage output has at least one row.", _non_empty),
+    Gate("non_empty", "The stage output has at least one row when the stage read any.", _non_empty),
     Gate("unique_id", "No `_id` appears twice in the stage output.", _unique_id),
 ]
 

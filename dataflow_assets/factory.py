@@ -28,6 +28,7 @@ import polars as pl
 
 from dataflow_assets import dedup, progress
 from dataflow_assets.checks import Gate, GateInput, gates_for
+from dataflow_assets.liveness import StageInterrupted
 from dataflow_assets.partitions import shard_partitions
 from operators.base import ID, Pipeline, Stage, output_of, stable_hash, with_row_ids
 from operators.io import QUARANTINE_SCHEMA, InputError, read_input
@@ -411,6 +412,14 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], e
         metadata=stage_definition_metadata(stage),
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        if not op.needs_llm:
+            return _materialize(context)
+        try:
+            return _materialize(context)
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as err:  # no retry of a stopped stage
+            raise StageInterrupted(stage.name) from err
+
+    def _materialize(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         store: ParquetStore = context.resources.store
         partition = partition_of(context)
         frame = store.read(name, upstream, partition)
@@ -431,7 +440,7 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], e
         if report is not None and report.dropped_ids is not None:
             store.write(name, f"{stage.name}/_dropped", partition, report.dropped_ids.with_columns(pl.lit(stage.name).alias("stage")))
         source_rows = store.row_count(name, SOURCE, partition) or 0
-        data = GateInput(out, source_rows, stage.writes)
+        data = GateInput(out, source_rows, stage.writes, input_rows=frame.height)
         results = [_with_partition(g.evaluate(key(stage.name), data), partition) for g in gates]
         for r in results:
             if not r.passed:

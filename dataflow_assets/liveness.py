@@ -183,6 +183,19 @@ def wait_for_pools(
         time.sleep(poll_s)
 
 
+INTERRUPTED = "interrupted (SIGTERM/SIGINT)"
+
+
+class StageInterrupted(dg.Failure):
+    """SIGTERM/SIGINT inside a stage that has a RetryPolicy (an LLM stage). Dagster answers an
+    interrupt there by retrying the step after the policy's delay, so a stopped stage started again and
+    could even run to the end; this failure forbids retries: the step fails at once, the stages after it
+    are skipped, and the runner, seeing `INTERRUPTED` in the failure, stops as on Ctrl-C."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"{INTERRUPTED} in stage {stage}; re-run, or re-execute the run from failure", allow_retries=False)
+
+
 class RunAborted(KeyboardInterrupt):
     """Raised in the main thread by `RunGuard` to stop a run that waits too long on a pool slot, or
     that got SIGTERM/SIGINT while Dagster deferred it. A KeyboardInterrupt, so Dagster treats it as an

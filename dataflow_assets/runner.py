@@ -20,7 +20,7 @@ import dagster as dg
 
 from dataflow_assets import dedup
 from dataflow_assets.factory import DATASET, SOURCE, exports_folder, split_catalog
-from dataflow_assets.liveness import PoolWaitTimeout, RunAborted, RunGuard, owner_tags, reap_dead_runs, wait_for_pools
+from dataflow_assets.liveness import INTERRUPTED, PoolWaitTimeout, RunAborted, RunGuard, owner_tags, reap_dead_runs, wait_for_pools
 from dataflow_assets.pipelines import ShippedPipeline, shipped
 from resources.storage import QUARANTINE, ParquetStore, Shard, ShardRegistry, dagster_home, setup_lock
 
@@ -461,7 +461,7 @@ def guarded_runs(summary: RunSummary, on_event: Callable[[dict[str, Any]], None]
         reap_dead_runs(inst)
 
 
-_INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt", "RunAborted")
+_INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt", "RunAborted", INTERRUPTED)
 
 
 def _interrupted(summary: RunSummary) -> bool:
@@ -498,8 +498,11 @@ def _collect_failures(summary: RunSummary, spec: ShippedPipeline, partition: str
             err = data.error
             while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"):
                 err = err.cause  # the user's exception, not Dagster's wrapper
-            message = err.message.strip().removeprefix(f"{err.cls_name}: ") if err.message else ""
-            why = f"{err.cls_name}: {message}" if err.cls_name else message
+            message = (err.message or "").strip().removeprefix("dagster._core.errors.").removeprefix(f"{err.cls_name}: ")
+            if err.cls_name == "DagsterAssetCheckFailedError":  # "N blocking asset check failed ...:\n<asset>: <check>"
+                why = "blocking quality gate failed: " + "; ".join(message.splitlines()[1:] or [message])
+            else:
+                why = f"{err.cls_name}: {message}" if err.cls_name else message
         where = f" (partition {key})" if key != "-" else ""
         summary.failures.append(f"{spec.name}/{stage}{where}: {why.splitlines()[0] if why else 'failed'}")
         if stage == SOURCE and key != "?":

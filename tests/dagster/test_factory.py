@@ -10,8 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import polars as pl
 
 from dataflow_assets.runner import QUIET
+from operators.base import Pipeline
 from resources.storage import ParquetStore, ShardRegistry
 from tests.dagster.toy_defs import ASSETS, toy_assets
 
@@ -280,3 +282,29 @@ def test_llm_stage_pages_show_model_and_prompt_version(dataflow_home, tmp_path, 
     assert res.success
     meta = next(e.materialization.metadata for e in res.get_asset_materialization_events() if e.materialization.asset_key.path[-1] == "answer")
     assert meta["llm_model"].value == "openai:echo" and meta["prompt_version"].value.endswith(version)
+
+
+def test_a_stage_after_a_filter_that_emptied_the_shard_passes_its_own_non_empty_gate(dataflow_home, tmp_path):
+    """`non_empty` judges a stage by what it read: the filter that emptied the shard warns; the stage
+    after it read 0 rows, so its own (blocking) gate passes and the run succeeds."""
+    from dataflow_assets.factory import pipeline_assets
+    from tests.dagster.toy_defs import Chars, Lower, MinWords
+
+    class Chain(Pipeline):
+        name = "toy"
+        input_schema = {"text": pl.String}
+
+        def __init__(self):
+            self.lower, self.min_words, self.chars = Lower(), MinWords(3), Chars()
+
+        def forward(self, frame):
+            return self.chars(self.min_words(self.lower(frame)))
+
+    key = _shard(tmp_path, "short.jsonl", ["one", "two words"])
+    res = _materialize(pipeline_assets(Chain()), key)
+    assert res.success
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in res.get_asset_check_evaluations()}
+    assert not checks[("min_words", "non_empty")].passed and checks[("min_words", "non_empty")].severity == dg.AssetCheckSeverity.WARN
+    after = checks[("chars", "non_empty")]
+    assert after.passed and after.metadata["rows_in"].value == 0 and after.metadata["source_rows"].value == 2
+    assert {e.materialization.asset_key.path[-1] for e in res.get_asset_materialization_events()} >= {"chars", "dataset"}

@@ -251,6 +251,9 @@ def test_verified_share_gate_blocks_below_the_configured_floor(dataflow_home, tm
     summary = run_pipeline("math_reasoning", [path], res=_resources(srv))
     assert not summary.success
     assert any("verified_share" in str(c) for c in summary.checks_failed), summary.checks_failed
+    # the FAILED line names the gate, not Dagster's error class path
+    assert any("blocking quality gate failed: math_reasoning/" in f and "verified_share" in f for f in summary.failures), summary.failures
+    assert not any("dagster._core" in f for f in summary.failures), summary.failures
     assert "keep_verified" not in summary.stages and "provenance" not in summary.stages  # blocked downstream
 
 

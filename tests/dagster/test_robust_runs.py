@@ -181,8 +181,12 @@ def test_sigterm_stops_an_llm_run_cleanly(dataflow_home, tmp_path):
     print(f"\nSIGTERM -> exit in {stopped:.1f} s")
     assert proc.returncode not in (0, -signal.SIGTERM), (proc.returncode, err[-2000:])
     assert "Traceback" not in err
+    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err[-2000:])
     [run] = inst.get_runs()
     assert run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    # the stopped LLM stage was not retried (Dagster retries an interrupted step that has a RetryPolicy)
+    assert not inst.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY).records
+    assert srv.requests < 64
     assert inst.event_log_storage.get_concurrency_info("llm").claimed_slots == []
 
 
