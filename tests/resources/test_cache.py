@@ -60,7 +60,9 @@ def test_put_get_roundtrip_and_errors_never_cached(cache_path):
     assert "k1" in GenerationCache(cache_path)
 
 
-def test_batch_lookup_100k_under_2s(cache_path):
+def test_batch_lookup_of_100k_keys_returns_every_row(cache_path):
+    """Correctness at scale; the speed is measured in benchmarks/llm_client.py. The loose bound only
+    catches a lookup that went quadratic or per-key (that took minutes)."""
     cache = GenerationCache(cache_path)
     n = 100_000
     cache.put_many(LLMResult(id=str(i), text=f"answer {i}", model="m", cache_key=f"{i:032x}") for i in range(n))
@@ -69,7 +71,8 @@ def test_batch_lookup_100k_under_2s(cache_path):
     rows = cache.get_many(keys)
     dt = time.perf_counter() - t0
     assert len(rows) == n and rows[keys[123]]["text"] == "answer 123"
-    assert dt < 2.0, f"100k lookups took {dt:.2f}s"
+    assert all(rows[k]["text"] == f"answer {int(k, 16)}" for k in keys[::997])
+    assert dt < 30.0, f"100k lookups took {dt:.2f}s"
 
 
 WRITER = textwrap.dedent(

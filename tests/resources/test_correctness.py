@@ -224,7 +224,7 @@ def test_env_settings_reach_the_resource_and_bound_a_hung_endpoint(server, dataf
     assert all(by_id[f"h{i}"].error == "timeout" for i in range(3)), [r.error_detail for r in res]
     assert "row deadline" in by_id["h0"].error_detail
     # 3 hung rows in parallel, each cut at its 1.5 s deadline (50 retries x 0.4 s would be 20 s+)
-    assert took < 6.0, took
+    assert took < 10.0, took
 
 
 def test_malformed_env_setting_is_one_clear_error(monkeypatch):
