@@ -378,36 +378,50 @@ class WidthExpander(_Rewriter):
 class ComposedTaskVerifier(_Answerer, Evaluator):
     """Verifies a composed task: the model answers the composed question from the union of its
     supporting passages, and the answer is scored against the task's gold answer (token F1 >=
-    `min_f1`, or the gold answer contained in the reply).
+    `min_f1`, or the gold answer contained in the reply). With `answer_sep` (e.g. `"; "` for
+    `width_expander`'s answers) the gold answer has several parts and every part must be matched
+    that way, so a reply that answers only one half of a width-expanded question is rejected.
 
     Reads: `question` (default `composed_question`), `answer` (default `answer_b`), `passages`
-    (default `passages`: List[String], or a String). Writes: `verifier_answer`, `verifier_f1`,
-    `verified` (Boolean; null when the call failed) and `verified_meta`. Use it after
-    `multi_hop_composer` / expansion; `verified_task_filter` keeps the verified tasks.
+    (default `passages`: List[String], or a String). Writes: `reply` (default `verifier_answer`),
+    `f1` (default `verifier_f1`: F1 of the whole reply against the whole gold answer), `verified`
+    (Boolean; null when the call failed) and `<verified>_meta`. Use it after `multi_hop_composer`
+    / expansion (once per question column, with its own output names); `verified_task_filter`
+    keeps the verified tasks, `unverified_expansion_masker` nulls a rejected expansion.
     """
 
     reads = {"question": "composed_question", "answer": "answer_b", "passages": "passages"}
-    writes = {"verified": "verified"}
+    writes = {"verified": "verified", "reply": "verifier_answer", "f1": "verifier_f1"}
     default_params = SamplingParams(temperature=0.0, max_tokens=96)
 
-    def __init__(self, min_f1: float = 0.5, params: SamplingParams | None = None, llm: LLMClient | None = None):
-        self.min_f1 = min_f1
+    def __init__(self, min_f1: float = 0.5, answer_sep: str | None = None, params: SamplingParams | None = None, llm: LLMClient | None = None):
+        self.min_f1, self.answer_sep = min_f1, answer_sep
         self._setup(self.with_context, params, llm)
 
+    def _matches(self, reply: str | None, gold: str | None) -> bool | None:
+        if reply is None or gold is None:
+            return None
+        r = normalise_answer(reply)
+        parts = gold.split(self.answer_sep) if self.answer_sep else [gold]
+        return all((token_f1(reply, g) or 0.0) >= self.min_f1 or (bool(normalise_answer(g)) and normalise_answer(g) in r) for g in parts)
+
     def run(self, frame, cols):
-        v = cols["verified"]
+        v, reply, f1 = cols["verified"], cols["reply"], cols["f1"]
         ctx = pl.col(cols["passages"])
         if frame.schema[cols["passages"]] == pl.List(pl.String):
             ctx = ctx.list.join("\n\n")
-        ans = self.answer(frame, cols["question"], ctx, self.with_context).rename({"__ans": "verifier_answer", "__meta": f"{v}_meta"})
-        out = frame.drop([c for c in ("verifier_answer", f"{v}_meta") if c in frame.columns]).join(ans, on=ID, how="left", maintain_order="left")
-        out = out.with_columns(_f1_expr("verifier_answer", cols["answer"]).alias("verifier_f1"))
-        g, p = normalise_answer_expr(pl.col(cols["answer"])), normalise_answer_expr(pl.col("verifier_answer"))
-        ok = (pl.col("verifier_f1") >= self.min_f1) | ((g.str.len_chars() > 0) & p.str.contains(g, literal=True))
-        return out.with_columns(pl.when(pl.col("verifier_answer").is_null()).then(None).otherwise(ok).alias(v))
+        ans = self.answer(frame, cols["question"], ctx, self.with_context).rename({"__ans": reply, "__meta": f"{v}_meta"})
+        out = frame.drop([c for c in (reply, f1, v, f"{v}_meta") if c in frame.columns]).join(ans, on=ID, how="left", maintain_order="left")
+        out = out.with_columns(_f1_expr(reply, cols["answer"]).alias(f1))
+        if self.answer_sep:  # per-part matching: a per-row function, like the F1 it builds on
+            ok = pl.struct(pl.col(reply).alias("r"), pl.col(cols["answer"]).alias("g")).map_elements(lambda x: self._matches(x["r"], x["g"]), return_dtype=pl.Boolean)
+        else:
+            g, p = normalise_answer_expr(pl.col(cols["answer"])), normalise_answer_expr(pl.col(reply))
+            ok = (pl.col(f1) >= self.min_f1) | ((g.str.len_chars() > 0) & p.str.contains(g, literal=True))
+        return out.with_columns(pl.when(pl.col(reply).is_null()).then(None).otherwise(ok).alias(v))
 
     def output_columns(self, cols):
-        return ["verifier_answer", "verifier_f1", cols["verified"], f"{cols['verified']}_meta"]
+        return [cols["reply"], cols["f1"], cols["verified"], f"{cols['verified']}_meta"]
 
 
 @register
@@ -431,3 +445,40 @@ class VerifiedTaskFilter(Filter):
             "bridge_leaked": ~leaked,
             "not_verified": pl.col(cols["verified"]),
         }
+
+
+@register
+class UnverifiedExpansionMasker(Refiner):
+    """Keeps every task but nulls an expansion of it (a depth- or width-expanded question, and its
+    answer) that did not pass its verification, writing why into a reason column. The reasons are
+    `verified_task_filter`'s (`not_checked`, `empty_question`, `bridge_leaked`: the expansion names
+    the bridge entity, which for a width question is one of its own answers, `not_verified`) plus
+    `unchanged` (the expansion only repeats `source`).
+
+    Reads/rewrites: `text` (default `deeper_question`) and, when given, `answer` (e.g. `wide_answer`).
+    Reads: `verified` (default `deeper_verified`, from `composed_task_verifier`), `bridge`,
+    `source` (optional: the question that was expanded). Writes: `reason` (default
+    `deeper_rejected`; null for a kept expansion). Use it after verifying an expansion when the task
+    itself should stay (`verified_task_filter` would drop the whole row).
+    """
+
+    reads = {"text": "deeper_question", "answer": None, "verified": "deeper_verified", "bridge": "bridge", "source": None}
+    writes = {"reason": "deeper_rejected"}
+
+    def run(self, frame, cols):
+        checks = VerifiedTaskFilter().keep({"verified": cols["verified"], "question": cols["text"], "bridge": cols["bridge"]})
+        if cols.get("source"):
+            same = (normalise_answer_expr(pl.col(cols["text"])) == normalise_answer_expr(pl.col(cols["source"]))).fill_null(False)
+            checks = {**checks, "unchanged": ~same}
+        reason = pl.coalesce(*[pl.when(~c.fill_null(False)).then(pl.lit(why)) for why, c in checks.items()], pl.lit(None, pl.String))
+        out = frame.with_columns(reason.alias(cols["reason"]))
+        rejected = pl.col(cols["reason"]).is_not_null()
+        masked = [c for c in (cols["text"], cols.get("answer")) if c]
+        out = out.with_columns([pl.when(rejected).then(None).otherwise(pl.col(c)).alias(c) for c in masked])
+        self.count_modified(frame, out, cols["text"])
+        counts = out.get_column(cols["reason"]).drop_nulls().value_counts()
+        self.last_report.extra = {"rejected": {r: int(n) for r, n in counts.iter_rows()}}
+        return out
+
+    def output_columns(self, cols):
+        return [c for c in (cols["text"], cols.get("answer"), cols["reason"]) if c]

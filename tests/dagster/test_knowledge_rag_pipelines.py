@@ -32,11 +32,28 @@ def _first_words(text: str, n: int = 3) -> str:
 class Script:
     """Deterministic replies per prompt template (what a well-behaved model would say)."""
 
-    def __init__(self, known_closed_book: tuple[str, ...] = ()):
+    def __init__(self, known_closed_book: tuple[str, ...] = (), lost_depth: tuple[str, ...] = (), half_wide: tuple[str, ...] = ()):
         self.gold: dict[str, str] = {}  # question -> answer, remembered as the model writes tasks
         self.known_closed_book = known_closed_book
+        self.lost_depth = lost_depth  # answers whose deeper question the model cannot answer back
+        self.half_wide = half_wide  # second answers of width questions it answers only half of
 
     def __call__(self, prompt: str) -> str:
+        if prompt.startswith("Passage:") and "Rewrite the question so that one entity" in prompt:
+            p = _between(prompt, "Passage:\n", "\n\nQuestion: ")
+            q = _between(prompt, "\n\nQuestion: ", "\nAnswer: ")
+            a = _between(prompt, "\nAnswer: ", "\n\nRewrite")
+            deeper = q.replace("is this about", f"does the {len(p)}-character passage describe", 1)
+            if a not in self.lost_depth:
+                self.gold[deeper] = a
+            return json.dumps({"question": deeper})
+        if prompt.startswith("Question 1:") and "asks both things at once" in prompt:
+            q1 = _between(prompt, "Question 1: ", "\nQuestion 2: ")
+            q2 = _between(prompt, "\nQuestion 2: ", "\n\nWrite one natural")
+            wide = f"{q1.rstrip('?')}, and {q2[0].lower()}{q2[1:]}"
+            a1, a2 = self.gold.get(q1, "unknown"), self.gold.get(q2, "unknown")
+            self.gold[wide] = a2 if a2 in self.half_wide else f"{a1}; {a2}"
+            return json.dumps({"question": wide})
         if prompt.startswith("Clean this text extracted"):
             return _between(prompt, "Text:\n", "\n\nReply with the cleaned text only.")
         if prompt.startswith("Passage A:"):
@@ -214,16 +231,34 @@ def test_agentic_rag_in_process_composes_verified_two_hop_tasks(tmp_path, monkey
     monkeypatch.setenv("DATAFLOW_HOME", str(tmp_path / "home"))
     path = _hotpot_passages(tmp_path)
     frame = with_row_ids(pl.read_ndjson(path).rename({"contents": "text"}), "rag")
-    script = Script(known_closed_book=("Christopher Nolan",))
+    script = Script(known_closed_book=("Christopher Nolan",), lost_depth=("Sathish Kalathil",))
     pipe = AgenticRAGPipeline(dense="off").bind_llm(ScriptedClient(script))
     out = pipe(frame)
     st = pipe.last_stages
     assert st["index"].report.extra["built"] and st["index"].report.extra["passages"] == st["passage_length"].report.rows_out
     # the closed-book model "knows" one title: that task does not need retrieval and is dropped
     assert st["needs_retrieval"].report.dropped == {"answerable_without_passage": 1}
-    assert out.height >= 1 and out.get_column("verified").all()
+    assert out.height >= 3 and out.get_column("verified").all()
+    assert list(st)[-6:] == ["deepen", "verify_deeper", "mask_deeper", "widen", "verify_wide", "mask_wide"]
+    assert st["mask_wide"].is_output and st["mask_wide"].report.rows_out == st["verified"].report.rows_out  # expansions drop no task
+    lost = 0
     for row in out.iter_rows(named=True):
         assert len(row["supporting_ids"]) == 2 and row["bridge"].lower() not in row["composed_question"].lower()
+        # depth: the scripted model's rewrite of this row's composed question, with passage B's description
+        deeper = row["composed_question"].replace("is this about", f"does the {len(row['passage_b'])}-character passage describe", 1)
+        if row["answer_b"] == "Sathish Kalathil":  # the model cannot answer these back from the supports: nulled, with the reason
+            lost += 1
+            assert row["deeper_question"] is None and row["deeper_rejected"] == "not_verified" and row["deeper_verified"] is False
+            assert row["deeper_verifier_answer"] == "unknown"
+        else:
+            assert row["deeper_question"] == deeper and row["deeper_rejected"] is None and row["deeper_verified"]
+            assert row["deeper_verifier_answer"] == row["answer_b"]
+        # width: the scripted atomic questions quote their own titles, so every wide question here states
+        # answer A (the bridge) -- verified from the supports, but nulled as `bridge_leaked`
+        assert row["bridge"] in row["question_a"] and row["wide_verifier_answer"] == f"{row['answer_a']}; {row['answer_b']}"
+        assert row["wide_verified"] and row["wide_question"] is None and row["wide_answer"] is None and row["wide_rejected"] == "bridge_leaked"
+    assert lost == 3 and st["mask_deeper"].report.extra["rejected"] == {"not_verified": lost}
+    assert st["mask_wide"].report.modified == out.height
     # a second run on the same corpus reuses the index
     pipe2 = AgenticRAGPipeline(dense="off").bind_llm(ScriptedClient(Script()))
     pipe2(frame)
@@ -237,7 +272,7 @@ def test_agentic_rag_through_dagster_materialises_the_index_and_tasks(dataflow_h
     from resources.storage import ParquetStore
 
     srv, state = scripted_server
-    state["script"] = Script()
+    state["script"] = Script(lost_depth=("Zeitgeist Films",), half_wide=("The Dark Knight Rises",))
     path = _hotpot_passages(tmp_path, questions=2)
     summary = run_pipeline("agentic_rag", [path], res=_resources(srv))
     assert summary.success, summary
@@ -245,8 +280,25 @@ def test_agentic_rag_through_dagster_materialises_the_index_and_tasks(dataflow_h
     (part,) = store.partitions("agentic_rag", "index")
     index = store.read("agentic_rag", "index", part)
     assert Path(index.get_column("index_path")[0]).is_relative_to(dataflow_home)
-    final = store.read("agentic_rag", "verified", part)
-    assert final.height >= 1 and final.get_column("verified").all()
+    verified = store.read("agentic_rag", "verified", part)
+    final = store.read("agentic_rag", "mask_wide", part)  # the last stage: verified tasks with their expansions
+    assert final.height == verified.height >= 5 and final.get_column("verified").all()
+    assert sorted(final.get_column("_id")) == sorted(verified.get_column("_id"))
+    nolan = final.filter(pl.col("bridge") == "Christopher Nolan").sort("answer_b")
+    assert nolan.get_column("answer_b").to_list() == ["Influence of Stanley Kubrick", "The Dark Knight Rises", "The Prestige (film)", "Zeitgeist Films"]
+    for row in nolan.iter_rows(named=True):
+        wide = f"{row['question_a'].rstrip('?')}, and {row['question_b'][0].lower()}{row['question_b'][1:]}"
+        if row["answer_b"] == "The Dark Knight Rises":
+            # the reply names one of the two answers: F1 0.75 against "Christopher Nolan; The Dark Knight Rises"
+            # would pass a plain verifier; the width verifier wants every part, so the expansion is nulled
+            assert row["wide_verifier_answer"] == "The Dark Knight Rises" and row["wide_verifier_f1"] == pytest.approx(0.75)
+            assert row["wide_question"] is None and row["wide_answer"] is None and row["wide_rejected"] == "not_verified"
+        else:
+            assert row["wide_question"] == wide and row["wide_answer"] == f"Christopher Nolan; {row['answer_b']}" and row["wide_rejected"] is None
+        if row["answer_b"] == "Zeitgeist Films":
+            assert row["deeper_question"] is None and row["deeper_rejected"] == "not_verified"
+        else:
+            assert "-character passage describe" in row["deeper_question"] and row["deeper_rejected"] is None
 
 
 @pytest.mark.slow

@@ -185,3 +185,37 @@ def test_depth_width_expansion_and_composition_prompts_carry_both_tasks():
     assert wide.get_column("wide_answer").to_list() == [f"{d1['answer']}; {d2['answer']}"]
     deep = DepthExpander(llm=client)(pair.select("_id", pl.col("question_b").alias("question"), pl.col("answer_b").alias("answer"), pl.col("passages").list.get(1).alias("passage")))
     assert deep.get_column("deeper_question").to_list() == ["Who was the first president of the publisher of a psychotherapy journal?"]
+
+
+def test_verifier_output_names_per_part_width_check_and_expansion_masker():
+    from operators.rag.tasks import ComposedTaskVerifier, UnverifiedExpansionMasker
+
+    replies = {"Q1?": "Christopher Nolan; The Prestige", "Q2?": "The Prestige", "Q3?": "the prestige and christopher nolan"}
+    client = _Replies({"Context:": lambda u: json.dumps({"answer": replies[u.split("Question: ")[1].split("\n")[0]]})})
+    frame = with_row_ids(pl.DataFrame({
+        "wide_question": ["Q1?", "Q2?", "Q3?"], "wide_answer": ["Christopher Nolan; The Prestige"] * 3,
+        "passages": [["Nolan directed it.", "The Prestige is a film."]] * 3, "verified": [True] * 3,
+    }), "t")
+    cols = {"question": "wide_question", "answer": "wide_answer", "verified": "wide_verified", "reply": "wide_reply", "f1": "wide_f1"}
+    wide = ComposedTaskVerifier(answer_sep="; ", llm=client)(frame, **cols)
+    # the composed task's own verdict is untouched; a half answer fails although its whole-answer F1 (0.5) passes a plain verifier
+    assert wide.get_column("verified").to_list() == [True] * 3
+    assert wide.get_column("wide_verified").to_list() == [True, False, True]
+    assert wide.get_column("wide_f1").round(4).to_list() == [1.0, 0.5, 0.8571]
+    assert ComposedTaskVerifier(llm=client)(frame, **cols).get_column("wide_verified").to_list() == [True, True, True]
+
+    m = UnverifiedExpansionMasker()
+    exp = with_row_ids(pl.DataFrame({
+        "deeper_question": ["Who made the film by the director born in 1970?", "Who made Nolan's film?", "Q?", "Same question?", None],
+        "composed_question": ["Q0?", "Q1?", "Q2?", "same question", "Q4?"],
+        "deeper_verified": [True, True, False, True, None],
+        "bridge": ["Nolan"] * 5,
+    }), "t")
+    out = m(exp, source="composed_question")
+    assert out.height == 5  # no task is dropped
+    assert out.get_column("deeper_rejected").to_list() == [None, "bridge_leaked", "not_verified", "unchanged", "not_checked"]
+    assert out.get_column("deeper_question").to_list() == ["Who made the film by the director born in 1970?", None, None, None, None]
+    assert m.last_report.modified == 3 and m.last_report.extra["rejected"] == {"bridge_leaked": 1, "not_verified": 1, "unchanged": 1, "not_checked": 1}
+    both = m(wide.with_columns(pl.lit("X").alias("bridge")), text="wide_question", answer="wide_answer", verified="wide_verified", reason="wide_rejected")
+    assert both.get_column("wide_answer").to_list() == ["Christopher Nolan; The Prestige", None, "Christopher Nolan; The Prestige"]
+    assert both.get_column("wide_rejected").to_list() == [None, "not_verified", None]
