@@ -353,7 +353,8 @@ class WidthExpander(_Rewriter):
     `<answer A>; <answer B>`), so answering needs two independent retrievals.
 
     Reads: `question_a`, `answer_a`, `question_b`, `answer_b`. Writes: `wide_question`,
-    `wide_answer`, `wide_question_meta`. Use it on pairs from `shared_entity_pairer` (or any two tasks).
+    `wide_answer`, `wide_question_meta`. Use it on pairs from `shared_entity_pairer` (or any two tasks);
+    verify it with `composed_task_verifier(answer_sep="; ")` so both answers must come back.
     """
 
     reads = {"question_a": "question_a", "answer_a": "answer_a", "question_b": "question_b", "answer_b": "answer_b"}
