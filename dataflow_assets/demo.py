@@ -120,6 +120,6 @@ def run_demo(console, run: Callable, print_summary: Callable, *, llm: bool = Tru
             out = pl.read_parquet(judged.export)
             cols = [c for c in ("quality_score", "quality_rationale") if c in out.columns]
             console.print(out.select(pl.col("text").str.slice(0, 60), *cols))
-    console.print('query it: .venv/bin/duckdb .dataflow/catalog.duckdb -readonly "select * from text_pt.minhash_dedup limit 5"')
+    console.print(f'query it: .venv/bin/dataflow sql "select * from text_pt.minhash_dedup limit 5"   (catalog: {home() / "catalog.duckdb"})', highlight=False)
     console.print("browse it: .venv/bin/dataflow ui   (dagster dev on this project's instance)")
     return 0 if ok else 1
