@@ -23,6 +23,7 @@ import re
 import sys
 import textwrap
 import time
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Iterator, Mapping
@@ -522,8 +523,16 @@ class _Recorder:
     def __init__(self, pipeline: "Pipeline", source: pl.DataFrame, strict: bool):
         self.pipeline, self.strict = pipeline, strict
         self.names = {id(op): attr for attr, op in pipeline.operators().items()}
-        self.produced: dict[int, tuple[str | None, pl.DataFrame]] = {id(source): (None, source)}
+        self.produced: dict[int, str | None] = {}  # id(frame) -> the stage that returned it (None: the source)
         self.stages: dict[str, Stage] = {}
+        self._produced(source, None)
+
+    def _produced(self, frame: pl.DataFrame, stage: str | None) -> None:
+        # Held weakly: a strong reference kept every stage's output alive for the whole call (the 100k-doc
+        # text_pt call peaked at 3.0 GB, five rewritten copies of the text column among it). The entry
+        # leaves with its frame, so a later frame that reuses the id is never taken for it.
+        self.produced[id(frame)] = stage
+        weakref.finalize(frame, self.produced.pop, id(frame), None)
 
     def record(self, op, frame, out, columns, cols) -> None:
         attr = self.names.get(id(op))
@@ -532,8 +541,8 @@ class _Recorder:
                 f"{type(self.pipeline).__name__}.forward() called {op!r}, which is not an attribute of the "
                 "pipeline: assign every operator in __init__"
             )
-        src = self.produced.get(id(frame))
-        if src is None and self.strict:
+        src = self.produced.get(id(frame), ...)
+        if src is ... and self.strict:
             raise PipelineCheckError(
                 f"{type(self.pipeline).__name__}.forward(): the frame passed to {attr!r} was changed outside an "
                 "operator; move that logic into an operator so every stage can be replayed"
@@ -546,13 +555,13 @@ class _Recorder:
             attr=attr,
             operator=op,
             columns=dict(columns),
-            upstream=src[0] if src else None,
+            upstream=None if src is ... else src,
             reads=[c for _, c in op.input_columns(cols)],
             writes=op.output_columns(cols),
             schema=dict(out.schema),
             report=op.last_report,
         )
-        self.produced[id(out)] = (name, out)
+        self._produced(out, name)
 
 
 _RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("dataflow_recorder", default=None)
@@ -604,8 +613,8 @@ class Pipeline:
         finally:
             _RECORDER.reset(token)
         produced = rec.produced.get(id(out))
-        if produced is not None and produced[0] is not None:
-            rec.stages[produced[0]].is_output = True
+        if produced is not None:
+            rec.stages[produced].is_output = True
         return out, rec.stages
 
     def empty_frame(self, schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:

@@ -209,33 +209,24 @@ def token_hashes(tokens: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     return tokens.list.eval(el.hash(seed=TOKEN_HASH_SEED)), tokens.list.eval(el.str.len_chars())
 
 
-def token_prefix_rows(texts: pl.Series) -> int:
-    """How many leading texts' tokens to hash for `remember_tokens`: those whose estimated tokens
-    (one per 4 characters; C4 averages one per 5) fit in TOKEN_SLOT_MAX_TOKENS."""
-    est = np.cumsum(texts.str.len_chars().fill_null(0).to_numpy() // 4 + 1)
-    return int(np.searchsorted(est, TOKEN_SLOT_MAX_TOKENS, side="right"))
-
-
 _token_slot: tuple | None = None
 
 
-def remember_tokens(texts: pl.Series, hashes: pl.Series, lengths: pl.Series) -> None:
-    """Leave the token hashes / lengths (list columns of `token_hashes`, one row per text; null
-    from the first text not hashed on) of the leading `texts` for the next `recall_tokens`."""
+def remember_tokens(texts: pl.Series, held: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """Leave, for the next `recall_tokens`, the token counts / hashes / lengths (`token_hashes`,
+    flattened) of the leading texts of `texts`, given slice by slice in `held` (one text per
+    count, in order; all of them, or as many leading texts as fit in TOKEN_SLOT_MAX_TOKENS)."""
     global _token_slot
     _token_slot = None
-    counts = hashes.list.len().to_numpy()
-    nulls = hashes.is_null().to_numpy()
-    rows = int(np.argmax(nulls)) if nulls.any() else len(counts)
-    cum = np.cumsum(counts[:rows].astype(np.int64))
-    rows = int(np.searchsorted(cum, TOKEN_SLOT_MAX_TOKENS, side="right"))
-    if rows == 0:
+    if not held:
         return
-    counts = counts[:rows].astype(np.int64)
-    h = hashes.head(rows).explode().drop_nulls().to_numpy()
-    ln = lengths.head(rows).explode().drop_nulls().to_numpy().astype(np.uint32)
+    counts = np.concatenate([c for c, _, _ in held])
+    if not len(counts) or counts.sum() > TOKEN_SLOT_MAX_TOKENS or len(counts) > len(texts):
+        return
+    h = np.concatenate([x for _, x, _ in held])
+    ln = np.concatenate([x for _, _, x in held]).astype(np.uint32, copy=False)
     if len(h) == counts.sum() == len(ln):
-        _token_slot = (texts.head(rows), counts, h, ln)
+        _token_slot = (texts.head(len(counts)), counts, h, ln)
 
 
 def recall_tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -8,9 +8,11 @@ its word counts differ slightly on punctuation-heavy text.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from operators.base import Filter, register
+from operators.text import _common
 from operators.text._common import (
     ABBREVIATIONS,
     C4_POLICY_SUBSTRINGS,
@@ -33,7 +35,6 @@ from operators.text._common import (
     safe_div,
     splitlines_count,
     token_hashes,
-    token_prefix_rows,
     word_count,
     word_tokens,
 )
@@ -647,22 +648,37 @@ class GopherQualityFilter(StatsFilter):
         return {"_gopher_tokens": word_tokens(t)}
 
     def run(self, frame, cols):
-        """As `StatsFilter.run`, and leaves the token hashes / lengths of the kept texts for a
-        Gopher repetition filter that runs next on them (`remember_tokens`)."""
+        """As `StatsFilter.run`, slice by slice (COMPUTE_CHUNK_ROWS rows: the token lists and per-token
+        statistics of one slice are alive at a time, not the whole frame's), and leaves the token
+        hashes / lengths of the leading kept texts for a Gopher repetition filter that runs next on
+        them (`remember_tokens`, at most TOKEN_SLOT_MAX_TOKENS tokens)."""
         col = cols["text"]
         pre = self.prepare(pl.col(col))
         exprs = self.stats(pl.col(col), **{k: pl.col(k) for k in pre})
-        # hash the tokens of the leading texts whose tokens fit the slot (see `remember_tokens`)
-        head = pl.col("__tok_row") < token_prefix_rows(frame.get_column(col))
-        for name, expr in zip(("_tok_h", "_tok_l"), token_hashes(pl.col("_gopher_tokens"))):
-            exprs[name] = pl.when(head).then(expr)
-        st = compute(frame.with_row_index("__tok_row"), exprs, pre=pre)
-        dec = st.select(**self.decide({k: pl.col(k) for k in st.columns}))
+        hashes = dict(zip(("_tok_h", "_tok_l"), token_hashes(pl.col("_gopher_tokens"))))
+        budget = _common.TOKEN_SLOT_MAX_TOKENS  # tokens the slot can still take; -1: full, stop hashing
+        decisions, held = [], []
+        rows_per_slice = _common.COMPUTE_CHUNK_ROWS
+        for start in range(0, max(frame.height, 1), rows_per_slice):
+            part = frame.slice(start, rows_per_slice)
+            st = compute(part, {**exprs, **hashes} if budget >= 0 else exprs, pre=pre)
+            dec = st.select(**self.decide({k: pl.col(k) for k in exprs}))
+            decisions.append(dec)
+            if budget >= 0:
+                kept = dec.select(pl.all_horizontal(pl.all().fill_null(False))).to_series() if dec.width else None
+                tok = st.select("_tok_h", "_tok_l") if kept is None else st.select("_tok_h", "_tok_l").filter(kept)
+                counts = tok.get_column("_tok_h").list.len().fill_null(0).to_numpy().astype(np.int64)
+                rows = int(np.searchsorted(np.cumsum(counts), budget, side="right"))
+                if rows:
+                    flat = tok.head(rows).explode("_tok_h", "_tok_l").drop_nulls()
+                    held.append((counts[:rows], flat.get_column("_tok_h").to_numpy(), flat.get_column("_tok_l").to_numpy()))
+                    budget -= int(counts[:rows].sum())
+                if rows < len(counts):  # a kept text did not fit: the slot holds the texts before it only
+                    budget = -1
+            del st
+        dec = pl.concat(decisions) if len(decisions) > 1 else decisions[0]
         out = self.apply_keep(frame, {k: dec.get_column(k) for k in dec.columns})
-        kept = dec.select(pl.all_horizontal(pl.all().fill_null(False))).to_series() if dec.width else None
-        if kept is not None:
-            st = st.filter(kept)
-        remember_tokens(out.get_column(col), st.get_column("_tok_h"), st.get_column("_tok_l"))
+        remember_tokens(out.get_column(col), held)
         return out
 
     def stats(self, t, _gopher_tokens=None):
