@@ -98,9 +98,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+# Rows per Parquet row group. Polars' default (512^2 rows) makes a 100k-row stage one row group, all of
+# it encoded in memory before it is written: 100,000 C4 documents took +390 MB and 2.1 s to write,
+# 10,000-row groups +80 MB and 1.2 s (same file size; reads are faster too, by row group in parallel).
+PARQUET_ROW_GROUP_ROWS = 10_000
+
+
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
+        frame.write_parquet(tmp, row_group_size=PARQUET_ROW_GROUP_ROWS)
     return path
 
 

@@ -229,6 +229,14 @@ def remember_tokens(texts: pl.Series, held: list[tuple[np.ndarray, np.ndarray, n
         _token_slot = (texts.head(len(counts)), counts, h, ln)
 
 
+def forget_tokens() -> None:
+    """Empty the slot (a text refiner calls it: the texts it rewrites no longer match the tokens
+    held, so a repetition filter after it would tokenise anyway; text_pt's C4 line cleaner sits
+    between its two Gopher filters, and the slot held ~240 MB through the rest of the run)."""
+    global _token_slot
+    _token_slot = None
+
+
 def recall_tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(tokens per text, token hashes, token lengths) left by `remember_tokens` for the leading
     texts of `texts` (all of them, or as many as the slot held), provided they are equal to the

@@ -12,6 +12,7 @@ from operators.text._common import (
     CITATION_PATTERN,
     alternation,
     compute,
+    forget_tokens,
 )
 
 URL_PATTERN = r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"
@@ -46,12 +47,29 @@ HTML_ENTITIES = {
 }
 
 
+class TextRefiner(Refiner):
+    """Base (not registered) of the text refiners: `refine` is row-wise, so `run` evaluates it slice
+    by slice (`compute`: COMPUTE_CHUNK_ROWS rows, Polars' streaming engine across threads). Only one
+    slice's intermediate copies of the text (a chain of replacements makes one per step, a line
+    split a list of lines) are alive at a time, never the whole column's; the values are the same.
+    Token hashes a Gopher quality filter left for a repetition filter are dropped (`forget_tokens`):
+    rewritten texts would not match them."""
+
+    def run(self, frame, cols):
+        forget_tokens()
+        col = cols["text"]
+        new = compute(frame, {col: self.refine(pl.col(col), cols)}).get_column(col)
+        out = frame.with_columns(new)
+        self.count_modified(frame, out, col)
+        return out
+
+
 def _decode_entities(text: pl.Expr) -> pl.Expr:
     return text.str.replace_many(list(HTML_ENTITIES), list(HTML_ENTITIES.values()))
 
 
 @register
-class HtmlTagRemover(Refiner):
+class HtmlTagRemover(TextRefiner):
     """Remove HTML markup from `text`: <script>/<style> blocks with their content, comments,
     tags (block tags such as <p>, <br>, <div>, <li> become a newline), then decode the common
     HTML entities (&amp; &lt; &nbsp; ...). Reads and rewrites `text`. Use on web text that still
@@ -71,7 +89,7 @@ class HtmlTagRemover(Refiner):
 
 
 @register
-class HtmlEntityDecoder(Refiner):
+class HtmlEntityDecoder(TextRefiner):
     """Decode HTML entities (&amp;, &lt;, &gt;, &quot;, &nbsp;, &#39;, &mdash; ...) and numeric
     `&#NNN;` references of ASCII characters in `text`. Reads and rewrites `text`. Use on text
     extracted from HTML whose entities were left escaped."""
@@ -87,7 +105,7 @@ class HtmlEntityDecoder(Refiner):
 
 
 @register
-class UrlRemover(Refiner):
+class UrlRemover(TextRefiner):
     """Remove URLs (http://, https://, ftp://, www.) from `text`, or replace them with
     `replacement`. Reads and rewrites `text`. Use to strip link noise from web text."""
 
@@ -99,7 +117,7 @@ class UrlRemover(Refiner):
 
 
 @register
-class UnicodeNormalizer(Refiner):
+class UnicodeNormalizer(TextRefiner):
     """Apply Unicode normalisation (NFKC by default: compatibility characters such as
     full-width letters, ligatures and non-breaking spaces become their plain forms) to `text`.
     Reads and rewrites `text`. Use early, before any character-level statistic."""
@@ -114,7 +132,7 @@ class UnicodeNormalizer(Refiner):
 
 
 @register
-class WhitespaceNormalizer(Refiner):
+class WhitespaceNormalizer(TextRefiner):
     """Normalise whitespace in `text`: every Unicode space (tab, NBSP, ideographic space ...)
     becomes a plain space, runs of spaces collapse to one, spaces around newlines are trimmed,
     three or more newlines become two (paragraph breaks survive) and the text is stripped.
@@ -135,7 +153,7 @@ class WhitespaceNormalizer(Refiner):
 
 
 @register
-class ExtraSpacesRemover(Refiner):
+class ExtraSpacesRemover(TextRefiner):
     """Collapse every run of whitespace (newlines included) in `text` to a single space and strip
     the ends. Reads and rewrites `text`. Use when line structure does not matter (e.g. before
     hashing for dedup or for short fields)."""
@@ -148,7 +166,7 @@ class ExtraSpacesRemover(Refiner):
 
 
 @register
-class NonPrintableRemover(Refiner):
+class NonPrintableRemover(TextRefiner):
     """Remove control and other non-printable characters (Unicode categories Cc, Cf and Co,
     except newline and tab; the zero-width joiner used inside emoji is kept when `keep_zwj`)
     from `text`. Reads and rewrites `text`. Use on scraped text with stray control bytes."""
@@ -162,7 +180,7 @@ class NonPrintableRemover(Refiner):
 
 
 @register
-class EmojiRemover(Refiner):
+class EmojiRemover(TextRefiner):
     """Remove emoji and pictographic symbols (with their variation selectors, skin-tone
     modifiers, joiners and flag letters) from `text`. Reads and rewrites `text`. Use for
     corpora where emoji are noise."""
@@ -175,7 +193,7 @@ class EmojiRemover(Refiner):
 
 
 @register
-class Lowercaser(Refiner):
+class Lowercaser(TextRefiner):
     """Lowercase `text` (Unicode-aware). Reads and rewrites `text`. Use for uncased corpora
     or before normalised comparisons."""
 
@@ -187,7 +205,7 @@ class Lowercaser(Refiner):
 
 
 @register
-class CitationRemover(Refiner):
+class CitationRemover(TextRefiner):
     """Remove Wikipedia-style citation markers from `text`: [1], [12], [], [edit],
     [citation needed] (C4's CITATION_REGEX) and, when `extended`, [1, 2], [3-5], [a], [note 1],
     [clarification needed] and similar bracketed editor notes. Reads and rewrites `text`."""
@@ -207,7 +225,7 @@ class CitationRemover(Refiner):
 
 
 @register
-class EmailMasker(Refiner):
+class EmailMasker(TextRefiner):
     """Mask e-mail addresses in `text` with `mask` (PII removal). Reads and rewrites `text`.
     Use before publishing or training on scraped text."""
 
@@ -219,7 +237,7 @@ class EmailMasker(Refiner):
 
 
 @register
-class PhoneMasker(Refiner):
+class PhoneMasker(TextRefiner):
     """Mask phone numbers in `text` with `mask` (PII removal): three or more digit groups
     separated by spaces or dashes ("555-123-4567", "(555) 123-4567", "+44 20 7946 0958").
     Reads and rewrites `text`. Heuristic: unbroken digit runs, dotted numbers (IPs, versions)
@@ -233,7 +251,7 @@ class PhoneMasker(Refiner):
 
 
 @register
-class IpAddressMasker(Refiner):
+class IpAddressMasker(TextRefiner):
     """Mask IPv4 addresses in `text` with `mask` (PII removal). Reads and rewrites `text`."""
 
     def __init__(self, mask: str = "<IP>"):
@@ -244,7 +262,7 @@ class IpAddressMasker(Refiner):
 
 
 @register
-class PunctuationNormalizer(Refiner):
+class PunctuationNormalizer(TextRefiner):
     """Map typographic punctuation in `text` to ASCII: curly quotes to straight quotes,
     en/em dashes to "-", the ellipsis character to "...", and collapse runs of 4+ identical
     punctuation marks ("!!!!!!") to 3. Reads and rewrites `text`."""
@@ -265,7 +283,7 @@ class PunctuationNormalizer(Refiner):
 
 
 @register
-class LineTrimmer(Refiner):
+class LineTrimmer(TextRefiner):
     """Strip leading and trailing whitespace of every line of `text` and drop lines that are
     empty after stripping (keeps one newline between remaining lines). Reads and rewrites `text`.
     Use before line-based statistics so blank lines do not count."""
@@ -321,7 +339,7 @@ def c4_clean_lines(
 
 
 @register
-class C4LineCleaner(Refiner):
+class C4LineCleaner(TextRefiner):
     """C4's line cleaner (Raffel et al. 2020; datatrove C4QualityFilter's line rules): strip each
     line of `text`, remove citation markers, then drop lines that do not end in terminal
     punctuation (. ? ! " ') or end in "...", have fewer than `min_words_per_line` words, contain a
@@ -344,17 +362,9 @@ class C4LineCleaner(Refiner):
     def refine(self, text, cols):
         return c4_clean_lines(text, **self.kw).list.join("\n").str.strip_chars()
 
-    def run(self, frame, cols):
-        # the per-line lists are large: evaluate in streaming morsels (bounded memory, parallel)
-        col = cols["text"]
-        new = compute(frame, {col: self.refine(pl.col(col), cols)}).get_column(col)
-        out = frame.with_columns(new)
-        self.last_report.modified = int(frame.get_column(col).ne_missing(new).sum()) if frame.height else 0
-        return out
-
 
 @register
-class BoilerplateLineRemover(Refiner):
+class BoilerplateLineRemover(TextRefiner):
     """Drop lines of `text` that contain any of `phrases` (case-insensitive; defaults are common
     web boilerplate: "all rights reserved", "click here", "sign up for our newsletter", "skip to
     content", "share this", "read more"...). Reads and rewrites `text`. Use after HTML removal on
