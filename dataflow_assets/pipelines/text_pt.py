@@ -56,8 +56,10 @@ class TextPretrainPipeline(Pipeline):
         # language
         self.language = LanguageFilter(keep=tuple(languages), min_confidence=min_language_confidence)
         # heuristic filters
+        # share_tokens=False: the C4 line cleaner rewrites the texts before Gopher repetition, so tokens
+        # left for it would never match (hashing them cost time and ~240 MB held through the next stages)
         self.gopher_quality = GopherQualityFilter(
-            min_doc_words=min_doc_words, max_doc_words=max_doc_words, min_stop_words=min_stop_words
+            min_doc_words=min_doc_words, max_doc_words=max_doc_words, min_stop_words=min_stop_words, share_tokens=False
         )
         self.c4_lines = C4LineCleaner()
         self.c4_quality = C4QualityFilter(min_num_sentences=min_num_sentences, clean_lines=False)

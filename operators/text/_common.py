@@ -215,17 +215,29 @@ _token_slot: tuple | None = None
 def remember_tokens(texts: pl.Series, held: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
     """Leave, for the next `recall_tokens`, the token counts / hashes / lengths (`token_hashes`,
     flattened) of the leading texts of `texts`, given slice by slice in `held` (one text per
-    count, in order; all of them, or as many leading texts as fit in TOKEN_SLOT_MAX_TOKENS)."""
+    count, in order; all of them, or as many leading texts as fit in TOKEN_SLOT_MAX_TOKENS).
+    Empties `held`."""
     global _token_slot
     _token_slot = None
     if not held:
         return
     counts = np.concatenate([c for c, _, _ in held])
-    if not len(counts) or counts.sum() > TOKEN_SLOT_MAX_TOKENS or len(counts) > len(texts):
+    total = int(counts.sum())
+    if not len(counts) or total > TOKEN_SLOT_MAX_TOKENS or len(counts) > len(texts):
+        held.clear()
         return
-    h = np.concatenate([x for _, x, _ in held])
-    ln = np.concatenate([x for _, _, x in held]).astype(np.uint32, copy=False)
-    if len(h) == counts.sum() == len(ln):
+    # copied into place slice by slice, each slice freed once copied: the slot never exists twice
+    h, ln = np.empty(total, dtype=np.uint64), np.empty(total, dtype=np.uint32)
+    at = 0
+    while held:
+        _, hs, ls = held.pop(0)
+        if len(hs) != len(ls) or at + len(hs) > total:
+            held.clear()
+            return
+        h[at : at + len(hs)], ln[at : at + len(ls)] = hs, ls
+        at += len(hs)
+        del hs, ls
+    if at == total:
         _token_slot = (texts.head(len(counts)), counts, h, ln)
 
 

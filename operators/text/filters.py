@@ -615,7 +615,8 @@ class GopherQualityFilter(StatsFilter):
     gopher_below_alpha_threshold, gopher_enough_stop_words. Writes nothing (see the single-rule
     filters for score columns). Leaves the hashes / lengths of the kept texts' tokens for a
     GopherRepetitionFilter that runs next on the same texts (it then skips tokenising; run the two
-    back to back for that).
+    back to back for that); `share_tokens=False` skips that (no hashing, no ~240 MB held) where a
+    stage in between rewrites the texts, as text_pt's C4 line cleaner does.
 
     Agreement with datatrove 0.10 (its own filter, run by tests/operators/text): 1,981 of the 2,000
     C4 validation documents get the same keep/drop (99.05%). All 19 others are decided by the
@@ -640,9 +641,11 @@ class GopherQualityFilter(StatsFilter):
         min_alpha_words_ratio: float | None = 0.8,
         min_stop_words: int | None = 2,
         stop_words: tuple[str, ...] = GOPHER_STOP_WORDS,
+        share_tokens: bool = True,
     ):
-        self.c = {k: v for k, v in self.config().items() if k != "stop_words"}  # the thresholds, by name
+        self.c = {k: v for k, v in self.config().items() if k not in ("stop_words", "share_tokens")}  # the thresholds, by name
         self.stop_words = tuple(stop_words)
+        self.share_tokens = share_tokens
 
     def prepare(self, t):
         return {"_gopher_tokens": word_tokens(t)}
@@ -656,7 +659,8 @@ class GopherQualityFilter(StatsFilter):
         pre = self.prepare(pl.col(col))
         exprs = self.stats(pl.col(col), **{k: pl.col(k) for k in pre})
         hashes = dict(zip(("_tok_h", "_tok_l"), token_hashes(pl.col("_gopher_tokens"))))
-        budget = _common.TOKEN_SLOT_MAX_TOKENS  # tokens the slot can still take; -1: full, stop hashing
+        # tokens the slot can still take; -1: full (or not sharing), no hashing
+        budget = _common.TOKEN_SLOT_MAX_TOKENS if self.share_tokens else -1
         decisions, held = [], []
         rows_per_slice = _common.COMPUTE_CHUNK_ROWS
         for start in range(0, max(frame.height, 1), rows_per_slice):

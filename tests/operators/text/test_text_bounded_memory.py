@@ -79,3 +79,13 @@ def test_a_refiner_empties_the_token_slot(docs):
     assert _common._token_slot is not None
     WhitespaceNormalizer()(docs.head(3), text="text")
     assert _common._token_slot is None
+
+
+def test_gopher_quality_without_sharing_decides_the_same_and_leaves_nothing(docs):
+    shared, _, slot = _gopher(docs)
+    assert slot is not None
+    op = GopherQualityFilter(share_tokens=False)
+    out = op(docs, text="text")
+    assert out.equals(shared)
+    assert _common._token_slot is None
+    assert "share_tokens" not in op.c  # not a threshold
