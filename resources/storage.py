@@ -101,12 +101,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
 # Rows per Parquet row group. Polars' default (512^2 rows) makes a 100k-row stage one row group, all of
 # it encoded in memory before it is written: 100,000 C4 documents took +390 MB and 2.1 s to write,
 # 10,000-row groups +80 MB and 1.2 s (same file size; reads are faster too, by row group in parallel).
+# zstd level 1 instead of Polars' default 3: every stage hands its output to the next through a file, and
+# that write is most of a CPU stage's overhead over calling its operator (same 100k-row frame: ~1.0 s -> ~0.65 s,
+# files 24% larger).
 PARQUET_ROW_GROUP_ROWS = 10_000
+PARQUET_ZSTD_LEVEL = 1
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, row_group_size=PARQUET_ROW_GROUP_ROWS)
+        frame.write_parquet(tmp, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL, row_group_size=PARQUET_ROW_GROUP_ROWS)
     return path
 
 
