@@ -6,7 +6,7 @@ Everything here builds Polars expressions; nothing loops over rows in Python.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -76,19 +76,21 @@ def compute(
     frame: pl.DataFrame,
     exprs: Mapping[str, pl.Expr],
     chunk_rows: int | None = None,
-    pre: Mapping[str, pl.Expr] | None = None,
+    pre: Mapping[str, pl.Expr] | Sequence[Mapping[str, pl.Expr]] | None = None,
 ) -> pl.DataFrame:
     """Evaluate named expressions once each, in parallel (Polars' streaming engine splits the rows
     into morsels across threads; row order is kept). Frames longer than `chunk_rows` (default
     COMPUTE_CHUNK_ROWS) are evaluated slice by slice, so the intermediate lists (lines, words) of
     only one slice are alive at a time: bounded memory, same values (every expression is row-wise).
     `pre` names intermediate columns (e.g. a token list) computed first, once, that `exprs` may
-    read: Polars does not share a common sub-expression such as a regex split between outputs."""
+    read: Polars does not share a common sub-expression such as a regex split between outputs.
+    A sequence of mappings is computed stage by stage, so that a later stage may read an earlier
+    one's columns (`pre_names` lists them all)."""
 
     def run(part: pl.DataFrame, engine: str) -> pl.DataFrame:
         lf = part.lazy()
-        if pre:
-            lf = lf.with_columns(**pre)
+        for stage in _pre_stages(pre):
+            lf = lf.with_columns(**stage)
         return lf.select(**exprs).collect(engine=engine)
 
     if frame.height == 0:
@@ -98,6 +100,17 @@ def compute(
         return run(frame, "streaming")
     parts = [run(frame.slice(i, rows), "streaming") for i in range(0, frame.height, rows)]
     return pl.concat(parts, rechunk=False)
+
+
+def _pre_stages(pre) -> list[Mapping[str, pl.Expr]]:
+    if not pre:
+        return []
+    return [pre] if isinstance(pre, Mapping) else [stage for stage in pre if stage]
+
+
+def pre_names(pre) -> list[str]:
+    """The names of the intermediate columns of a `compute` `pre` (one mapping or a sequence)."""
+    return [name for stage in _pre_stages(pre) for name in stage]
 
 
 def lines_list(text: pl.Expr, nonempty: bool = False) -> pl.Expr:
@@ -226,6 +239,11 @@ def remember_tokens(texts: pl.Series, held: list[tuple[np.ndarray, np.ndarray, n
     if not len(counts) or total > TOKEN_SLOT_MAX_TOKENS or len(counts) > len(texts):
         held.clear()
         return
+    if len(held) == 1:  # one slice (at most COMPUTE_CHUNK_ROWS texts): its arrays are the slot, no copy
+        _, h, ln = held.pop()
+        if len(h) == len(ln) == total:
+            _token_slot = (texts.head(len(counts)), counts, h, ln)
+        return
     # copied into place slice by slice, each slice freed once copied: the slot never exists twice
     h, ln = np.empty(total, dtype=np.uint64), np.empty(total, dtype=np.uint32)
     at = 0
@@ -324,9 +342,10 @@ class StatsFilter(Filter):
     def stats(self, text: pl.Expr, **shared: pl.Expr) -> dict[str, pl.Expr]:
         raise NotImplementedError
 
-    def prepare(self, text: pl.Expr) -> dict[str, pl.Expr]:
+    def prepare(self, text: pl.Expr) -> dict[str, pl.Expr] | list[dict[str, pl.Expr]]:
         """Intermediate columns that several statistics read (computed once per row in `run`;
-        `stats` receives them as keyword arguments and must compute them itself when absent)."""
+        `stats` receives them as keyword arguments and must compute them itself when absent).
+        A list of mappings: computed in that order, a later one may read an earlier one's."""
         return {}
 
     def decide(self, s: Mapping[str, pl.Expr]) -> dict[str, pl.Expr]:
@@ -337,6 +356,6 @@ class StatsFilter(Filter):
 
     def run(self, frame, cols):
         pre = self.prepare(pl.col(cols["text"]))
-        st = compute(frame, self.stats(pl.col(cols["text"]), **{k: pl.col(k) for k in pre}), pre=pre)
+        st = compute(frame, self.stats(pl.col(cols["text"]), **{k: pl.col(k) for k in pre_names(pre)}), pre=pre)
         dec = st.select(**self.decide({k: pl.col(k) for k in st.columns}))
         return self.apply_keep(frame, {k: dec.get_column(k) for k in dec.columns})

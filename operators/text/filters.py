@@ -30,6 +30,7 @@ from operators.text._common import (
     non_space_chars,
     nonempty_line_count,
     paragraphs_list,
+    pre_names,
     re_escape_class,
     remember_tokens,
     safe_div,
@@ -648,7 +649,12 @@ class GopherQualityFilter(StatsFilter):
         self.share_tokens = share_tokens
 
     def prepare(self, t):
-        return {"_gopher_tokens": word_tokens(t)}
+        # the tokens, then the two lists read by several statistics (each computed once)
+        el, tokens = pl.element(), pl.col("_gopher_tokens")
+        return [
+            {"_gopher_tokens": word_tokens(t)},
+            {"_gopher_lens": tokens.list.eval(el.str.len_chars()), "_gopher_nonalpha": _non_alpha(tokens)},
+        ]
 
     def run(self, frame, cols):
         """As `StatsFilter.run`, slice by slice (COMPUTE_CHUNK_ROWS rows: the token lists and per-token
@@ -657,8 +663,9 @@ class GopherQualityFilter(StatsFilter):
         them (`remember_tokens`, at most TOKEN_SLOT_MAX_TOKENS tokens)."""
         col = cols["text"]
         pre = self.prepare(pl.col(col))
-        exprs = self.stats(pl.col(col), **{k: pl.col(k) for k in pre})
-        hashes = dict(zip(("_tok_h", "_tok_l"), token_hashes(pl.col("_gopher_tokens"))))
+        exprs = self.stats(pl.col(col), **{k: pl.col(k) for k in pre_names(pre)})
+        # the token lengths are those of the statistics (the same expression as `token_hashes`')
+        hashes = {"_tok_h": token_hashes(pl.col("_gopher_tokens"))[0], "_tok_l": pl.col("_gopher_lens")}
         # tokens the slot can still take; -1: full (or not sharing), no hashing
         budget = _common.TOKEN_SLOT_MAX_TOKENS if self.share_tokens else -1
         decisions, held = [], []
@@ -685,15 +692,22 @@ class GopherQualityFilter(StatsFilter):
         remember_tokens(out.get_column(col), held)
         return out
 
-    def stats(self, t, _gopher_tokens=None):
+    def stats(self, t, _gopher_tokens=None, _gopher_lens=None, _gopher_nonalpha=None):
         el = pl.element()
         tokens = word_tokens(t) if _gopher_tokens is None else _gopher_tokens
+        lens = tokens.list.eval(el.str.len_chars()) if _gopher_lens is None else _gopher_lens
+        non_alpha = _non_alpha(tokens) if _gopher_nonalpha is None else _gopher_nonalpha
         real = el.str.contains("[^" + DATATROVE_PUNCTUATION_CLASS + "]")
+        # a token holding a letter is never a symbol word (no letter is in datatrove's punctuation
+        # set; tests/operators/text checks it), so only the tokens without a letter (~15%) are
+        # tested for symbols: alpha words = words - non-alpha tokens, and the non-symbol words
+        # are the alpha words plus the non-alpha tokens that are not all punctuation
         return {
             "words": tokens.list.len(),
-            # non-symbol tokens and their characters (one pass: lengths of the kept tokens)
-            "real_lens": tokens.list.eval(el.filter(real).str.len_chars()),
-            "alpha_words": tokens.list.eval(el.str.contains(r"\p{L}")).list.sum(),
+            "token_chars": lens.list.sum(),
+            "non_alpha_words": non_alpha.list.len(),
+            "non_alpha_chars": non_alpha.list.eval(el.str.len_chars()).list.sum(),
+            "non_alpha_real_lens": non_alpha.list.eval(el.filter(real).str.len_chars()),
             "stop_words": tokens.list.eval(el.filter(el.is_in(list(self.stop_words)))).list.n_unique(),
             "hashes": t.str.count_matches("#", literal=True),
             "ellipses": t.str.count_matches(r"\.\.\.|…"),
@@ -705,9 +719,11 @@ class GopherQualityFilter(StatsFilter):
     def decide(self, s):
         c = self.c
         out: dict[str, pl.Expr] = {}
-        real_words = s["real_lens"].list.len()
-        avg = safe_div(s["real_lens"].list.sum(), real_words, empty=float("nan"))
         words = s["words"]
+        alpha_words = words - s["non_alpha_words"]
+        real_words = alpha_words + s["non_alpha_real_lens"].list.len()
+        real_chars = s["token_chars"] - s["non_alpha_chars"] + s["non_alpha_real_lens"].list.sum()
+        avg = safe_div(real_chars, real_words, empty=float("nan"))
         if c["min_doc_words"]:
             out["gopher_short_doc"] = real_words >= c["min_doc_words"]
         if c["max_doc_words"]:
@@ -726,10 +742,15 @@ class GopherQualityFilter(StatsFilter):
                 safe_div(s["ellipsis_lines"], s["lines"]) <= c["max_ellipsis_lines_ratio"]
             )
         if c["min_alpha_words_ratio"]:
-            out["gopher_below_alpha_threshold"] = safe_div(s["alpha_words"], words) >= c["min_alpha_words_ratio"]
+            out["gopher_below_alpha_threshold"] = safe_div(alpha_words, words) >= c["min_alpha_words_ratio"]
         if c["min_stop_words"]:
             out["gopher_enough_stop_words"] = s["stop_words"] >= c["min_stop_words"]
         return out
+
+
+def _non_alpha(tokens: pl.Expr) -> pl.Expr:
+    """The tokens of a token list that hold no letter."""
+    return tokens.list.eval(pl.element().filter(~pl.element().str.contains(r"\p{L}")))
 
 
 # spaCy's Sentencizer ends a sentence after one of these tokens (its default punct_chars, the ones

@@ -61,7 +61,7 @@ def _word_arrays(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     )
     doc = flat.get_column("doc").to_numpy()
     counts = np.bincount(doc, minlength=len(texts)).astype(np.int64)
-    return doc, flat.get_column("h").to_numpy(), flat.get_column("l").to_numpy().astype(np.int64), counts
+    return doc, flat.get_column("h").to_numpy(), flat.get_column("l").to_numpy(), counts
 
 
 def ngram_repetition(
@@ -117,7 +117,7 @@ def ngram_repetition(
             lo = int(tok_start[start])
             hi = lo + int(counts.sum())
             doc = np.repeat(np.arange(len(counts), dtype=np.uint32), counts)
-            arrays = (doc, words[1][lo:hi], words[2][lo:hi].astype(np.int64), counts)
+            arrays = (doc, words[1][lo:hi], words[2][lo:hi], counts)
         _ngram_chunk(texts.slice(start, stop - start), start, top_ns, dup_ns, out, lengths[start:stop], dup_bounds, arrays)
         start = stop
     return out
@@ -147,6 +147,13 @@ def _sorted(a: np.ndarray) -> np.ndarray:
     """`np.sort(a)` for an integer array, by Polars' sort (a radix sort for integers: ~3x faster
     than numpy's on millions of 64-bit keys, one thread)."""
     return pl.Series(a).sort().to_numpy()
+
+
+def _in_order(idx: np.ndarray, size: int) -> np.ndarray:
+    """`np.sort(idx)` for distinct indices in [0, size), by one boolean mask (linear, no sort)."""
+    mask = np.zeros(size, dtype=bool)
+    mask[idx] = True
+    return np.flatnonzero(mask)
 
 
 def _group(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,7 +195,8 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out, lengths, dup_bounds, arrays
     m, n_docs = len(doc), len(texts)
     if m == 0:
         return
-    cs = np.concatenate(([0], np.cumsum(ln)))
+    cs = np.zeros(m + 1, dtype=np.int64)  # characters before each token (int64 sums of the lengths)
+    np.cumsum(ln, dtype=np.int64, out=cs[1:])
     word_end = np.cumsum(counts)
     rem = word_end[doc] - np.arange(m)  # words from each position to the end of its text
     has_words = np.nonzero(counts > 0)[0]
@@ -202,8 +210,9 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out, lengths, dup_bounds, arrays
     with np.errstate(over="ignore"):
         for n in range(2, max_n + 1):
             if len(cand):
-                keep = rem[cand] >= n
-                cand, g = cand[keep], g[keep]
+                if n > 2:  # (every candidate has rem >= 2)
+                    keep = rem[cand] >= n
+                    cand, g = cand[keep], g[keep]
                 g = g * _MULT + h[cand + (n - 1)]
             if n in top_ns:
                 best = np.zeros(n_docs, dtype=np.int64)
@@ -219,6 +228,8 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out, lengths, dup_bounds, arrays
             d = doc[cand]
             order, starts, cnt = _group(g ^ (d.astype(np.uint64) * _DOC_MIX))
             rep_group = cnt > 1
+            member = np.repeat(rep_group, cnt)  # per entry of `order`: its n-gram repeats
+            sel = _in_order(order[member], len(cand))  # candidates whose n-gram repeats, in position order
             if n in top_ns:
                 if rep_group.any():  # the most frequent repeated n-gram, then the first to occur
                     p = cand[order[starts[rep_group]]]  # each repeated n-gram's first position
@@ -237,7 +248,7 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out, lengths, dup_bounds, arrays
                 later = np.ones(len(order), dtype=bool)
                 later[starts] = False  # not the first occurrence in its text
                 if later.any():
-                    s = _sorted(cand[order[later]])
+                    s = cand[_in_order(order[later], len(cand))]
                     # words covered by the repeated n-grams [s, s + n): merge overlapping spans
                     run = np.flatnonzero(np.concatenate(([True], s[1:] >= s[:-1] + n)))
                     last = np.append(run[1:], len(s)) - 1
@@ -248,17 +259,14 @@ def _ngram_chunk(texts, offset, top_ns, dup_ns, out, lengths, dup_bounds, arrays
                     if dup_bounds is not None and n in dup_bounds:
                         need &= bound > dup_bounds[n] * lengths
                     if need.any():
-                        gid = np.repeat(np.arange(len(starts)), cnt)
-                        member = np.repeat(rep_group, cnt)
-                        pos, grp = cand[order[member]], gid[member]
+                        gid = np.empty(len(cand), dtype=np.int64)  # the n-gram of each candidate
+                        gid[order] = np.repeat(np.arange(len(starts)), cnt)
+                        pos, grp = cand[sel], gid[sel]  # in position order
                         keep = need[doc[pos]]
                         pos, grp = pos[keep], grp[keep]
-                        o = pl.Series(pos).arg_sort().to_numpy()  # positions are distinct
-                        pos, grp = pos[o], grp[o]
                         for d, chars_d in _scan_duplicates(pos, grp, doc[pos], n, cs).items():
                             bound[d] = chars_d
                     out[f"dup_{n}"][offset : offset + n_docs] = bound
-            sel = _sorted(order[np.repeat(rep_group, cnt)])
             cand, g = cand[sel], g[sel]
 
 
@@ -357,18 +365,30 @@ class GopherRepetitionFilter(_NgramFilter):
         self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
         self.top_n_grams, self.dup_n_grams = _pairs(top_n_grams or ()), _pairs(dup_n_grams or ())
 
-    def line_conditions(self, col: str) -> dict[str, pl.Expr]:
+    def line_lists(self, col: str) -> dict[str, pl.Expr]:
+        """The paragraph and line lists the line rules read, as intermediate columns (`compute`'s
+        `pre`): each is split once, not once per statistic that reads it."""
+        t = pl.col(col)
+        out = {}
+        if self.dup_para_frac is not None or self.dup_para_char_frac is not None:
+            out["_gopher_paras"] = paragraphs_list(t)
+        if self.dup_line_frac is not None or self.dup_line_char_frac is not None:
+            out["_gopher_lines"] = line_runs_list(t)
+        return out
+
+    def line_conditions(self, col: str, shared: bool = False) -> dict[str, pl.Expr]:
+        """Line / paragraph rules; `shared=True`: read the lists of `line_lists` from columns."""
         t = pl.col(col)
         length = t.str.len_chars()
         out: dict[str, pl.Expr] = {"empty": length > 0}
         if self.dup_para_frac is not None or self.dup_para_char_frac is not None:
-            n, n_dup, chars = duplicate_stats(paragraphs_list(t))
+            n, n_dup, chars = duplicate_stats(pl.col("_gopher_paras") if shared else paragraphs_list(t))
             if self.dup_para_frac is not None:
                 out["dup_para_frac"] = safe_div(n_dup, n) <= self.dup_para_frac
             if self.dup_para_char_frac is not None:
                 out["dup_para_char_frac"] = safe_div(chars, length) <= self.dup_para_char_frac
         if self.dup_line_frac is not None or self.dup_line_char_frac is not None:
-            n, n_dup, chars = duplicate_stats(line_runs_list(t))
+            n, n_dup, chars = duplicate_stats(pl.col("_gopher_lines") if shared else line_runs_list(t))
             if self.dup_line_frac is not None:
                 out["dup_line_frac"] = safe_div(n_dup, n) <= self.dup_line_frac
             if self.dup_line_char_frac is not None:
@@ -382,15 +402,16 @@ class GopherRepetitionFilter(_NgramFilter):
         if frame.height == 0:
             return self.apply_keep(frame, conds)
         # n-gram statistics only for rows that pass the cheap line rules (as datatrove's early exits)
-        evaluated = compute(frame, conds)
+        evaluated = compute(frame, self.line_conditions(col, shared=True), pre=self.line_lists(col))
         conds = {k: evaluated.get_column(k) for k in evaluated.columns}
         ok = evaluated.select(pl.all_horizontal(pl.all().fill_null(False)).alias("ok")).to_series()
         sub = frame.filter(ok)
         if words is not None:  # the tokens of the (leading) rows that passed
             counts, h, ln = words
             mask = ok.head(len(counts)).fill_null(False).to_numpy()
-            per_token = np.repeat(mask, counts)
-            words = (counts[mask], h[per_token], ln[per_token])
+            if not mask.all():  # (else all of them, as they are)
+                per_token = np.repeat(mask, counts)
+                words = (counts[mask], h[per_token], ln[per_token])
         frac = self.fractions(sub, col, self.top_n_grams, self.dup_n_grams, words=words)
         n_total = frame.height
         positions = np.nonzero(ok.to_numpy())[0]
