@@ -60,8 +60,10 @@ def line_count(text: pl.Expr) -> pl.Expr:
 
 
 def nonempty_line_count(text: pl.Expr) -> pl.Expr:
-    """Lines holding at least one non-whitespace character."""
-    return text.str.count_matches(r"(?m)^[^\n]*\S[^\n]*$")
+    """Lines holding at least one non-whitespace character (lines split on "\\n"): the first line
+    if it does, plus each "\\n" followed by one on its line (one scan for "\\n"; a multi-line `^`
+    pattern would try every position; same counts)."""
+    return text.str.count_matches(r"\n[^\S\n]*\S") + text.str.contains(r"^[^\S\n]*\S").cast(pl.UInt32)
 
 
 def safe_div(num: pl.Expr, den: pl.Expr, empty: float = 0.0) -> pl.Expr:
@@ -120,12 +122,18 @@ def lines_list(text: pl.Expr, nonempty: bool = False) -> pl.Expr:
     return lines
 
 
-def duplicate_stats(items: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+def duplicate_lengths(items: pl.Expr) -> pl.Expr:
+    """The lengths of the repeated items of a list column (an item equal to an earlier one)."""
+    return items.list.eval(pl.element().filter(~pl.element().is_first_distinct()).str.len_chars())
+
+
+def duplicate_stats(items: pl.Expr, dup_lens: pl.Expr | None = None) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """(number of items, number of repeated items, characters in repeated items) of a list column:
-    an item is repeated when an equal item came before it (datatrove's `find_duplicates`)."""
+    an item is repeated when an equal item came before it (datatrove's `find_duplicates`).
+    `dup_lens`: `duplicate_lengths(items)` when already computed (e.g. a `compute` `pre` column)."""
     n = items.list.len()
     # one pass per list: the lengths of the repeated items give both their number and characters
-    dup_lens = items.list.eval(pl.element().filter(~pl.element().is_first_distinct()).str.len_chars())
+    dup_lens = duplicate_lengths(items) if dup_lens is None else dup_lens
     n_dup = dup_lens.list.len()
     dup_chars = dup_lens.list.sum()
     return n, n_dup, dup_chars

@@ -31,6 +31,7 @@ from operators.base import Filter, register
 from operators.text._common import (
     TOKEN_HASH_SEED,
     compute,
+    duplicate_lengths,
     duplicate_stats,
     line_runs_list,
     paragraphs_list,
@@ -365,16 +366,19 @@ class GopherRepetitionFilter(_NgramFilter):
         self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
         self.top_n_grams, self.dup_n_grams = _pairs(top_n_grams or ()), _pairs(dup_n_grams or ())
 
-    def line_lists(self, col: str) -> dict[str, pl.Expr]:
-        """The paragraph and line lists the line rules read, as intermediate columns (`compute`'s
-        `pre`): each is split once, not once per statistic that reads it."""
+    def line_lists(self, col: str) -> list[dict[str, pl.Expr]]:
+        """The paragraph and line lists the line rules read, then the lengths of their repeated
+        items, as intermediate columns (`compute`'s staged `pre`): each computed once, not once
+        per statistic that reads it."""
         t = pl.col(col)
-        out = {}
+        lists, dups = {}, {}
         if self.dup_para_frac is not None or self.dup_para_char_frac is not None:
-            out["_gopher_paras"] = paragraphs_list(t)
+            lists["_gopher_paras"] = paragraphs_list(t)
+            dups["_gopher_para_dups"] = duplicate_lengths(pl.col("_gopher_paras"))
         if self.dup_line_frac is not None or self.dup_line_char_frac is not None:
-            out["_gopher_lines"] = line_runs_list(t)
-        return out
+            lists["_gopher_lines"] = line_runs_list(t)
+            dups["_gopher_line_dups"] = duplicate_lengths(pl.col("_gopher_lines"))
+        return [lists, dups]
 
     def line_conditions(self, col: str, shared: bool = False) -> dict[str, pl.Expr]:
         """Line / paragraph rules; `shared=True`: read the lists of `line_lists` from columns."""
@@ -382,13 +386,15 @@ class GopherRepetitionFilter(_NgramFilter):
         length = t.str.len_chars()
         out: dict[str, pl.Expr] = {"empty": length > 0}
         if self.dup_para_frac is not None or self.dup_para_char_frac is not None:
-            n, n_dup, chars = duplicate_stats(pl.col("_gopher_paras") if shared else paragraphs_list(t))
+            shared_cols = (pl.col("_gopher_paras"), pl.col("_gopher_para_dups"))
+            n, n_dup, chars = duplicate_stats(*shared_cols) if shared else duplicate_stats(paragraphs_list(t))
             if self.dup_para_frac is not None:
                 out["dup_para_frac"] = safe_div(n_dup, n) <= self.dup_para_frac
             if self.dup_para_char_frac is not None:
                 out["dup_para_char_frac"] = safe_div(chars, length) <= self.dup_para_char_frac
         if self.dup_line_frac is not None or self.dup_line_char_frac is not None:
-            n, n_dup, chars = duplicate_stats(pl.col("_gopher_lines") if shared else line_runs_list(t))
+            shared_cols = (pl.col("_gopher_lines"), pl.col("_gopher_line_dups"))
+            n, n_dup, chars = duplicate_stats(*shared_cols) if shared else duplicate_stats(line_runs_list(t))
             if self.dup_line_frac is not None:
                 out["dup_line_frac"] = safe_div(n_dup, n) <= self.dup_line_frac
             if self.dup_line_char_frac is not None:

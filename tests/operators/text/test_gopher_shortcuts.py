@@ -81,3 +81,34 @@ def test_repetition_with_shared_tokens_when_rows_fail_the_line_rules(c4_frame, m
     assert shared_op.last_report.dropped_ids.equals(own_op.last_report.dropped_ids)
     reasons = dict(own_op.last_report.dropped_ids.iter_rows())
     assert reasons.get(5, "").startswith("dup_line") and reasons.get(17, "").startswith("dup_para")
+
+
+def test_lorem_ipsum_pattern_is_the_lowercased_search():
+    """C4's lorem-ipsum test without lowercasing the text: only ASCII capitals and "İ" lowercase
+    into one of its characters (over all code points), and texts mixing them agree."""
+    from operators.text.filters import _LOREM_IPSUM
+
+    chars = pl.Series([chr(i) for i in range(0x110000) if not 0xD800 <= i <= 0xDFFF])
+    low = chars.str.to_lowercase()
+    into = chars.filter(low.str.contains("[lorem ipsu]") & ~chars.str.contains("^[lLoOrReEmMiIpPsSuU ]$"))
+    assert into.to_list() == ["\u0130"]
+    texts = pl.Series(["Lorem Ipsum dolor", "LOREM IPSUM", "lorem \u0130psum", "lorem  ipsum", "xlorem ipsumx", "", None, "lorem ipſum"])
+    assert texts.str.contains(_LOREM_IPSUM).to_list() == texts.str.to_lowercase().str.contains("lorem ipsum", literal=True).to_list()
+
+
+def test_line_counts_equal_the_multiline_patterns(c4_frame):
+    """Non-empty lines and bullet lines counted from "\\n" == the multi-line `^` patterns."""
+    from operators.text._common import nonempty_line_count
+
+    extra = ["", "-", " -x\n-\n\n \u2022", "\n-", "a\r\n-", "\u2028-", "x\n  \n\t\n y", "\n", " \n \n", None]
+    frame = pl.concat([c4_frame, pl.DataFrame({"text": extra})])
+    t = pl.col("text")
+    got = frame.select(
+        nonempty=nonempty_line_count(t),
+        bullets=compute(frame, GopherQualityFilter().stats(t)).get_column("bullet_lines"),
+    )
+    want = frame.select(
+        nonempty=t.str.count_matches(r"(?m)^[^\n]*\S[^\n]*$"),
+        bullets=t.str.count_matches(r"(?m)^[^\S\n]*(?:•|-)"),
+    )
+    assert got.equals(want)
