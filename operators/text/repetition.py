@@ -169,7 +169,7 @@ def _group(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bits = max(1, int(k - 1).bit_length())
     low = np.uint64((1 << bits) - 1)
     packed = _sorted((key & ~low) | np.arange(k, dtype=np.uint64))
-    order = (packed & low).astype(np.int64)
+    order = (packed & low).view(np.int64)  # the indices (< 2**63): a view, no copy
     del packed
     full = key[order]
     same = full[1:] == full[:-1]
