@@ -394,6 +394,7 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], e
     upstream = stage.upstream or SOURCE
     gates = stage_gates(stage, extra_gates, empty_filter)
     doc = inspect.getdoc(type(op)) or ""
+    retry = LLM_RETRY if op.needs_llm else None
 
     @dg.asset(
         key=key(stage.name),
@@ -402,7 +403,7 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], e
         partitions_def=parts,
         code_version=stage.code_version(),
         pool=LLM_POOL if op.needs_llm else None,
-        retry_policy=LLM_RETRY if op.needs_llm else None,
+        retry_policy=retry,
         automation_condition=dedup.automation(stage, key, AUTOMATION),
         kinds={"polars", "parquet"},
         tags={"domain": op.domain or "custom", "operator_kind": op.kind, "needs_llm": "yes" if op.needs_llm else "no"},
@@ -413,11 +414,11 @@ def _stage_asset(name: str, stage: Stage, parts, key, extra_gates: list[Gate], e
         metadata=stage_definition_metadata(stage),
     )
     def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        if not op.needs_llm:
+        if retry is None:
             return _materialize(context)
         try:
             return _materialize(context)
-        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as err:  # no retry of a stopped stage
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as err:  # Dagster would retry a stopped stage
             raise StageInterrupted(stage.name) from err
 
     def _materialize(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

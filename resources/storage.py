@@ -143,10 +143,7 @@ def file_sha256(path: str | os.PathLike, home_dir: str | os.PathLike | None = No
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     _HASHES[sig] = digest
     with contextlib.suppress(OSError):
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": sig[0], "size": sig[1], "mtime_ns": sig[2], "sha256": digest}))
-        os.replace(tmp, memo)
+        write_text_atomic(json.dumps({"path": sig[0], "size": sig[1], "mtime_ns": sig[2], "sha256": digest}), memo)
     return digest
 
 
