@@ -282,6 +282,7 @@ def dataset_wide_assets(
     )
     def index(context) -> dg.MaterializeResult:
         store: ParquetStore = context.resources.store
+        store.end_hand_off()  # the dataset-wide step holds every shard's keys: no stage frame beside them
         result = decide_dataset(store, pipeline, stage)
         return dg.MaterializeResult(
             metadata={

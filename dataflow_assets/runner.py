@@ -63,14 +63,25 @@ class RunSummary:
         return self.records == self.rows_out + dropped + self.quarantined
 
 
+_INSTANCES: dict[tuple[str, int, int], dg.DagsterInstance] = {}
+
+
 def instance() -> dg.DagsterInstance:
     """The project's persistent Dagster instance (DAGSTER_HOME inside the project home). Created under
     the project's setup lock: processes starting at once on a fresh home would otherwise race to create
-    the same SQLite tables (`table snapshots already exists`)."""
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
-    with setup_lock():
-        inst = dg.DagsterInstance.get()
-        inst.run_storage, inst.event_log_storage, inst.schedule_storage  # noqa: B018 - creates their tables now
+    the same SQLite tables (`table snapshots already exists`). One per home and process (a command asks
+    for it several times: ~0.3 s each to build its storages again); a home made anew at the same path
+    (a new dagster.yaml) gets a new one."""
+    path = dagster_home()
+    os.environ["DAGSTER_HOME"] = str(path)
+    st = (path / "dagster.yaml").stat()
+    key = (str(path), st.st_ino, st.st_mtime_ns)
+    inst = _INSTANCES.get(key)
+    if inst is None:
+        with setup_lock():
+            inst = dg.DagsterInstance.get()
+            inst.run_storage, inst.event_log_storage, inst.schedule_storage  # noqa: B018 - creates their tables now
+        _INSTANCES[key] = inst
     return inst
 
 

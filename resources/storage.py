@@ -114,6 +114,21 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
+def link_atomic(src: Path, dst: Path) -> Path:
+    """Make `dst` the same file as `src`: a hard link (a copy where the file system has none), put in
+    place by rename. Safe to share because no file here is ever written in place: rewriting either
+    path renames a new file onto it and leaves the other's content as it was. Used where an output
+    is byte for byte a file already written (a stage that changed nothing, the export of the last stage),
+    instead of encoding it again."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return dst
+
+
 def write_text_atomic(text: str, path: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -190,6 +205,22 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+# The frame a stage wrote last in this process, for the next stage to read without decoding the file it
+# was just encoded into (a run executes its stages one after another in one process). One slot, so it
+# holds at most the frame the next stage works on anyway; used only while the file is the one written
+# (same inode, size and mtime) and its Parquet schema equals the frame's, so a reader gets what
+# `pl.read_parquet` would give. At 100,000 C4 documents a text_pt run decoded 16 stage files, ~2.4 s.
+_HANDOFF: dict[str, tuple[tuple[int, int, int] | None, pl.DataFrame]] = {}
+
+
 _CATALOG_HELD: dict[str, int] = {}  # catalog lock path -> depth held by this process (the lock is reentrant)
 
 
@@ -212,11 +243,41 @@ class ParquetStore(dg.ConfigurableResource):
     def dropped_path(self, pipeline: str, stage: str, partition: str | None = None) -> Path:
         return self.base / pipeline / stage / "_dropped" / f"{partition or UNPARTITIONED}.parquet"
 
-    def write(self, pipeline: str, stage: str, partition: str | None, frame: pl.DataFrame) -> Path:
-        return write_parquet_atomic(frame, self.path(pipeline, stage, partition))
+    def write(
+        self,
+        pipeline: str,
+        stage: str,
+        partition: str | None,
+        frame: pl.DataFrame,
+        hand_off: bool = False,
+        same_as: str | None = None,
+    ) -> Path:
+        """Write a stage's file. `hand_off`: keep the frame for the next `read` of it in this process.
+        `same_as`: a stage whose file holds exactly `frame` (the caller compared them: a filter that
+        dropped nothing, a refiner that changed nothing); its file is linked instead of encoded again
+        (same bytes; ~0.5 s and 130 MB per 100k C4 documents)."""
+        if hand_off:
+            _HANDOFF.clear()  # before encoding: the frame kept for this stage is no longer needed
+        path = self.path(pipeline, stage, partition)
+        upstream = self.path(pipeline, same_as, partition) if same_as is not None else None
+        if upstream is not None and upstream.exists():
+            link_atomic(upstream, path)
+        else:
+            write_parquet_atomic(frame, path)
+        if hand_off and pl.read_parquet_schema(path) == frame.schema:
+            _HANDOFF[str(path)] = (_file_key(path), frame)
+        return path
+
+    @staticmethod
+    def end_hand_off() -> None:
+        """Let go of the frame kept for the next stage (the chain's last reader calls this)."""
+        _HANDOFF.clear()
 
     def read(self, pipeline: str, stage: str, partition: str | None = None) -> pl.DataFrame:
         path = self.path(pipeline, stage, partition)
+        kept = _HANDOFF.get(str(path))
+        if kept is not None and kept[0] is not None and kept[0] == _file_key(path):
+            return kept[1]
         if not path.exists():
             raise FileNotFoundError(f"{pipeline}/{stage}: no data for partition {partition!r} at {path}; materialise it first")
         return pl.read_parquet(path)
