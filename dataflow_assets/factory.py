@@ -311,11 +311,11 @@ def pipeline_assets(
         stem = partition or "all"
         # the export is the last stage's file as written (linked, not encoded again: 2 x ~0.6 s at 100k docs)
         link_atomic(store.path(name, final, partition), folder / f"{stem}.parquet")
+        store.write(name, DATASET, partition, frame, same_as=final)
         with atomic_path(folder / f"{stem}.jsonl") as tmp:  # streamed to the file: a partition's JSON text never sits
             frame.write_ndjson(tmp)  # in memory as one Python string (with it, 100k C4 docs peaked at 2.7 GB in this step)
         manifest = build_manifest(pipeline, stages, store, partition, frame, shard.path, (shard.start, shard.stop))
         write_text_atomic(json.dumps(manifest, indent=2), folder / f"{stem}.manifest.json")
-        link_atomic(store.path(name, final, partition), store.path(name, DATASET, partition))
         progress.notify(pipeline=name, stage=DATASET, rows=frame.height)
         return dg.MaterializeResult(
             metadata={
