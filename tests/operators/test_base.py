@@ -142,6 +142,23 @@ def test_row_ids_are_stable_and_unique_for_duplicates():
     assert set(ids1).isdisjoint(ids3)
 
 
+def test_row_ids_do_not_depend_on_how_rows_are_sliced(monkeypatch):
+    """The digests are computed a slice of rows at a time (bounded memory); an id is still the hash of
+    the source name and the row's JSON, whatever slice the row falls in, and a duplicate in a later
+    slice still gets its occurrence counter."""
+    import hashlib
+    import operators.base as base
+
+    frame = pl.DataFrame({"text": ["a", "b", "a", "c", "b"], "n": [1, 2, 1, None, 2]})
+    monkeypatch.setattr(base, "_ID_SLICE_ROWS", 2)
+    ids = with_row_ids(frame, "f.jsonl").get_column("_id").to_list()
+    first = hashlib.blake2b(b'f.jsonl\x00{"text":"a","n":1}', digest_size=8).hexdigest()
+    null = hashlib.blake2b(b'f.jsonl\x00{"text":"c","n":null}', digest_size=8).hexdigest()
+    assert ids[0] == first and ids[2] == first + "-1" and ids[3] == null and ids[4] == ids[1] + "-1"
+    monkeypatch.setattr(base, "_ID_SLICE_ROWS", 10_000)
+    assert with_row_ids(frame, "f.jsonl").get_column("_id").to_list() == ids
+
+
 def test_register_requires_docstring_and_valid_kind():
     with pytest.raises(TypeError, match="docstring"):
 
