@@ -51,14 +51,17 @@ def build_input(path: Path, docs: int) -> str:
     return source
 
 
-WORKER = """
-import json, os, sys, time
-
+# the workers' peak RSS
+PEAK_MB = """
 def peak_mb():
     # VmHWM: this process's own high-water mark, reset at exec. ru_maxrss starts at the parent's RSS
     # at fork (Linux carries the pre-exec mark over), and the parent holds the generated corpus.
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
+"""
+
+WORKER = PEAK_MB + """
+import json, os, sys, time
 from pathlib import Path
 import polars as pl
 from dataflow_assets.pipelines import ShippedPipeline
@@ -162,14 +165,8 @@ def build_dedup_input(path: Path, docs: int, shards: int, seed: int = 0) -> dict
     return truth
 
 
-DEDUP_WORKER = """
+DEDUP_WORKER = PEAK_MB + """
 import json, sys, time
-
-def peak_mb():
-    # VmHWM: this process's own high-water mark, reset at exec. ru_maxrss starts at the parent's RSS
-    # at fork (Linux carries the pre-exec mark over), and the parent holds the generated corpus.
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
 from pathlib import Path
 import polars as pl
 from dataflow_assets import progress
