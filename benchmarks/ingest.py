@@ -26,7 +26,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.rss import peak_rss_mb, rss_mb  # noqa: E402
 
 REQUIRED = {"text": "String", "url": "String"}
 
@@ -73,24 +74,6 @@ def generate(path: Path, rows: int, bad_every: int) -> int:
     return bad
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    """Resident memory now (MB)."""
-    return _status_mb("VmRSS")
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB): VmHWM, as ru_maxrss reads 0 in some sandboxes."""
-    return _status_mb("VmHWM")
-
-
 def worker(argv: list[str]) -> None:
     """Run in a fresh process: one measured call, printed as JSON."""
     import polars as pl
@@ -105,7 +88,7 @@ def worker(argv: list[str]) -> None:
         warm = Path(tmp) / "warm.jsonl"
         warm.write_text('{"text": "warm-up", "url": "u"}\n' * 100)
         read_input(warm, required)
-    base = _rss_mb()
+    base = rss_mb()
     t = time.perf_counter()
     out: dict = {}
     if mode == "count":
@@ -123,7 +106,7 @@ def worker(argv: list[str]) -> None:
         res = read_input(path, required, start=start, stop=stop)
         out.update(records=res.records, rows=res.frame.height, quarantined=res.quarantined)
     out["seconds"] = time.perf_counter() - t
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     out["rss_above_base_mb"] = out["peak_rss_mb"] - base
     print(json.dumps(out))
 

@@ -51,17 +51,9 @@ def build_input(path: Path, docs: int) -> str:
     return source
 
 
-# the workers' peak RSS
-PEAK_MB = """
-def peak_mb():
-    # VmHWM: this process's own high-water mark, reset at exec. ru_maxrss starts at the parent's RSS
-    # at fork (Linux carries the pre-exec mark over), and the parent holds the generated corpus.
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
-"""
-
-WORKER = PEAK_MB + """
+WORKER = """
 import json, os, sys, time
+from benchmarks.rss import peak_rss_mb
 from pathlib import Path
 import polars as pl
 from dataflow_assets.pipelines import ShippedPipeline
@@ -92,7 +84,7 @@ class Bench(Pipeline):
 peaks = []
 def on_event(event):
     if event["stage"] == "dataset":
-        peaks.append(peak_mb())
+        peaks.append(peak_rss_mb())
 
 spec = ShippedPipeline("bench_partitions", Bench, "benchmark pipeline")
 rows = int(sys.argv[2]) or None
@@ -105,7 +97,7 @@ print(json.dumps({
     "rows_out": summary.rows_out,
     "success": summary.success,
     "peak_rss_mb_after_each_partition": [round(p, 1) for p in peaks],
-    "peak_rss_mb": peak_mb(),
+    "peak_rss_mb": peak_rss_mb(),
 }))
 """
 
@@ -165,8 +157,9 @@ def build_dedup_input(path: Path, docs: int, shards: int, seed: int = 0) -> dict
     return truth
 
 
-DEDUP_WORKER = PEAK_MB + """
+DEDUP_WORKER = """
 import json, sys, time
+from benchmarks.rss import peak_rss_mb
 from pathlib import Path
 import polars as pl
 from dataflow_assets import progress
@@ -200,7 +193,7 @@ spec = ShippedPipeline("bench_dedup", DedupBench, "dataset-wide dedup benchmark"
 start = time.perf_counter()
 summary = run_pipeline(spec, [Path(sys.argv[1])], rows_per_shard=int(sys.argv[2]), on_event=on_event, res={"store": ParquetStore()})
 seconds = time.perf_counter() - start
-peak = peak_mb()
+peak = peak_rss_mb()
 data = home() / "data" / "bench_dedup"
 docs = pl.scan_parquet(data / "source" / "*.parquet").select("_id", "doc")
 dropped = {}

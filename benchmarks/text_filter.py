@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.rss import peak_rss_mb  # noqa: E402
 C4 = ROOT / ".." / "shared" / "data" / "c4_validation_2k" / "c4_validation_2k.parquet"
 STAGES = ["gopher_quality", "gopher_repetition", "c4_lines", "c4_quality"]
 
@@ -216,15 +217,6 @@ def work_corpus(path: str) -> dict:
     return {"docs": n}
 
 
-def _peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM, reset at exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 WORKERS = {"corpus": work_corpus, "ours": work_ours, "datatrove": work_datatrove, "hand": work_hand}
 
 
@@ -260,7 +252,7 @@ def main() -> None:
             pass
         name, path = args.worker
         res = WORKERS[name](path)
-        res["peak_rss_mb"] = _peak_rss_mb()
+        res["peak_rss_mb"] = peak_rss_mb()
         import polars as pl
 
         res["polars_threads"] = pl.thread_pool_size()
